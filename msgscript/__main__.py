@@ -1,0 +1,7 @@
+"""`python -m msgscript` runs the daemon."""
+
+from __future__ import annotations
+
+from msgscript.cli.server import main
+
+main()

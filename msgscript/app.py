@@ -1,0 +1,59 @@
+"""The composition root: opens everything the daemon needs, in order, and closes it in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from msgscript.catalog import Catalog
+from msgscript.cluster import NoLock
+from msgscript.config import Settings
+from msgscript.dispatch import Dispatcher
+from msgscript.errors import ConfigError
+from msgscript.executors import open_executors
+from msgscript.nats_server import NatsSubscriber, connect_nats
+from msgscript.store import open_store
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Dispatcher]:
+    """Start the daemon's parts; on exit stop intake, finish in-flight work and close everything."""
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            store = await stack.enter_async_context(open_store(settings))
+        except ConfigError as exc:
+            raise ConfigError(f"failed to initialize the script store: {exc}") from exc
+        log.info("Starting %s backend", settings.backend)
+        nc = await stack.enter_async_context(connect_nats(settings))
+        executors = await stack.enter_async_context(open_executors(settings, nc))
+        dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=settings.script_timeout_s)
+        await stack.enter_async_context(NatsSubscriber(nc, dispatcher, Catalog(store), settings))
+        yield dispatcher
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the daemon until a shutdown signal arrives (or `stop` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            log.info("Received shutdown signal, stopping server...")
+            stop.set()
+
+    for sig in SHUTDOWN_SIGNALS:
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        async with running(settings):
+            await stop.wait()
+    finally:
+        for sig in SHUTDOWN_SIGNALS:
+            loop.remove_signal_handler(sig)
+    log.info("server stopped")

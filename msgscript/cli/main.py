@@ -1,0 +1,142 @@
+"""The `msgscriptcli` command: manage scripts and run one locally (`dev`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from msgscript import config
+from msgscript.cli.server import run_async
+from msgscript.cluster import NoLock
+from msgscript.config import Settings
+from msgscript.dispatch import Dispatcher
+from msgscript.errors import ScriptParseError
+from msgscript.executors import open_executors
+from msgscript.logs import configure_logging
+from msgscript.message import Message, Result
+from msgscript.script import Script, parse_script
+from msgscript.store.memory import MemoryStore
+
+
+class CommandFailed(click.ClickException):
+    """A command that could not do its work: the message on stderr, exit status 1."""
+
+    def show(self, file: object = None) -> None:
+        """Print the bare message (no `Error:` prefix), like the Go CLI."""
+        click.echo(self.format_message(), err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-L", "--log", "log_level", default=config.DEFAULT_LOG_LEVEL, show_default=True, help="Log level.")
+@click.option("-e", "--etcdurls", default=config.DEFAULT_ETCD_URL, envvar="ETCD_ENDPOINTS", show_default=True)
+@click.option("-u", "--natsurl", default="nats://localhost:4222", envvar="NATS_URL", show_default=True)
+@click.option("-b", "--backend", default="etcd", show_default=True, help="Script store: etcd or file.")
+@click.option("-x", "--executor", default=None, help="Executor for dev/devhttp (default: the script's header).")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, etcdurls: str, natsurl: str, backend: str, executor: str | None) -> None:
+    """msgscript is a command line interface for managing scripts for the msgscript-server."""
+    from msgscript.logs import parse_level
+
+    try:
+        level = parse_level(log_level)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--log") from None
+    configure_logging(logging.DEBUG if os.environ.get("DEBUG") else level)
+    ctx.obj = {"etcdurls": etcdurls, "natsurl": natsurl, "backend": backend, "executor": executor}
+
+
+def read_script_file(path: str) -> Script:
+    """Parse a script file, turning read and header errors into a command failure."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
+    except OSError as exc:
+        raise CommandFailed(f"failed to read the script file {path}: {exc.strerror or exc}") from exc
+    try:
+        return parse_script(text)
+    except ScriptParseError as exc:
+        raise CommandFailed(f"failed to read the script file {path}: {exc}") from exc
+
+
+def load_dev_libraries(store: MemoryStore, library_dir: str) -> None:
+    """Libraries for dev runs: every `*.lua` below the directory, by relative path without `.lua` and by name header."""
+    root = Path(library_dir)
+    if not root.exists():
+        raise CommandFailed(f"failed to read library path {library_dir}: no such file or directory")
+    if not root.is_dir():
+        raise CommandFailed(f"given library path {library_dir} isn't a directory")
+    for path in sorted(root.rglob("*.lua")):
+        text = path.read_bytes().decode("utf-8", "surrogateescape")
+        store.add_library(path.relative_to(root).with_suffix("").as_posix(), text)
+        try:
+            header_name = parse_script(text).name
+        except ScriptParseError:
+            continue
+        if header_name:
+            store.add_library(header_name, text)
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-s", "--subject", default="", help="Subject (default: the script's header).")
+@click.option("-n", "--name", default="", help="Name (default: the script's header).")
+@click.option("-i", "--input", "input_", default="", help="Payload, or the path of a file holding it.")
+@click.option("-l", "--library", default="", help="Library directory.")
+@click.option("-p", "--pluginDir", "plugin_dir", default="", help="Plugin directory.")
+@click.option("--timeout", "timeout_s", type=float, default=config.DEFAULT_SCRIPT_TIMEOUT_S, show_default=True)
+@click.pass_obj
+def dev(
+    obj: dict[str, str | None],
+    file: str,
+    subject: str,
+    name: str,
+    input_: str,
+    library: str,
+    plugin_dir: str,
+    timeout_s: float,
+) -> None:
+    """Run a script once, locally, the way the server would (without NATS)."""
+    script = read_script_file(file)
+    subject = subject or script.subject
+    if not subject:
+        raise CommandFailed("subject is required")
+    name = name or script.name
+    if not name:
+        raise CommandFailed("name is required")
+    executor = obj.get("executor") or script.executor
+    script = Script(
+        subject=subject,
+        name=name,
+        content=script.content,
+        executor=executor,
+        html=script.html,
+        libraries=script.libraries,
+        timeout_s=script.timeout_s,
+    )
+    payload = input_.encode("utf-8", "surrogateescape")
+    if input_ and Path(input_).is_file():
+        payload = Path(input_).read_bytes()
+    store = MemoryStore()
+    store.add(script)
+    if library:
+        load_dev_libraries(store, library)
+    settings = Settings(plugin_dir=plugin_dir, script_timeout_s=timeout_s, env=dict(os.environ))
+
+    async def run_once() -> Result | None:
+        async with open_executors(settings, None) as executors:
+            dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=timeout_s)
+            return await dispatcher.run(script, Message(subject=subject, payload=payload))
+
+    result = run_async(run_once())
+    if result is None:
+        raise CommandFailed("the script did not run")
+    if result.error:
+        raise CommandFailed(f"Error while running script: {result.error}")
+    click.echo(b"Result: " + (result.payload or b""))
+
+
+def main() -> None:
+    """Console entry point of `msgscriptcli`."""
+    cli(prog_name="msgscriptcli")

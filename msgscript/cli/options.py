@@ -1,0 +1,59 @@
+"""Helpers shared by the two commands: Go-style flags and value parsers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import click
+
+from msgscript.durations import parse_duration
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def go_flag(name: str, *aliases: str, **kwargs: Any) -> Any:
+    """A click option accepted as `-name` and `--name` (and `-name=v`), like Go's flag package."""
+    return click.option(f"-{name}", f"--{name}", *aliases, **kwargs)
+
+
+class DurationType(click.ParamType):
+    """A Go duration (`5s`, `2m`, `1h30m`) given in seconds to the command."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        """Parse a positive Go duration."""
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return seconds
+
+
+class SizeType(click.ParamType):
+    """A size in bytes, with an optional unit (`512k`, `256MiB`, `1G`)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """Parse a positive size."""
+        if isinstance(value, int):
+            return value
+        match = _SIZE.match(str(value))
+        if match is None:
+            self.fail(f"{value!r} is not a size like 1048576, 512k or 256MiB", param, ctx)
+        unit = (match.group(2) or "").lower().rstrip("b").rstrip("i")
+        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        if size <= 0:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return size
+
+
+DURATION = DurationType()
+SIZE = SizeType()

@@ -1,0 +1,176 @@
+"""The `msgscript` command: the daemon, with the Go server's flags (single or double dash) and ours."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import click
+
+from msgscript import config
+from msgscript.cli.options import DURATION, SIZE, go_flag
+from msgscript.config import Settings
+from msgscript.errors import ConfigError
+from msgscript.logs import configure_logging, parse_level
+
+log = logging.getLogger("msgscript.server")
+
+T = TypeVar("T")
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "-help", "--help"], "max_content_width": 100})
+@go_flag("backend", default=config.DEFAULT_BACKEND, show_default=True, help="Script store: file or etcd.")
+@go_flag(
+    "etcdurl",
+    default=config.DEFAULT_ETCD_URL,
+    envvar="ETCD_ENDPOINTS",
+    show_envvar=True,
+    show_default=True,
+    help="Comma-separated etcd endpoints.",
+)
+@go_flag(
+    "natsurl",
+    default="",
+    envvar="NATS_URL",
+    show_envvar=True,
+    help="NATS URL; without one an embedded NATS server runs on 127.0.0.1:4222.",
+)
+@go_flag(
+    "embedded-nats-port",
+    type=click.IntRange(min=1, max=65535),
+    default=config.EMBEDDED_NATS_PORT,
+    show_default=True,
+    help="Port of the embedded NATS server (used when no NATS URL is given).",
+)
+@go_flag("log", "log_level", default=config.DEFAULT_LOG_LEVEL, show_default=True, help="Log level.")
+@go_flag("port", type=int, default=config.DEFAULT_HTTP_PORT, show_default=True, help="HTTP gateway port.")
+@go_flag("plugin", default="", help="Directory of Lua-module plugins.")
+@go_flag("library", default="", help="Library directory (file backend).")
+@go_flag("script", default=config.DEFAULT_SCRIPT_DIR, show_default=True, help="Script directory (file backend).")
+@go_flag(
+    "queue-group",
+    default=config.DEFAULT_QUEUE_GROUP,
+    show_default=True,
+    help="NATS queue group shared by instances; empty means every instance runs every message.",
+)
+@go_flag(
+    "timeout",
+    type=DURATION,
+    default="2m",
+    show_default=True,
+    help="Default script timeout (Go duration); `--* timeout:` overrides it per script.",
+)
+@go_flag(
+    "max-memory",
+    type=SIZE,
+    default=str(config.DEFAULT_MAX_MEMORY_BYTES),
+    show_default=True,
+    help="Memory cap of one Lua execution (bytes, or 64MiB, 512k...).",
+)
+@go_flag(
+    "max-payload",
+    type=SIZE,
+    default=str(config.DEFAULT_MAX_PAYLOAD_BYTES),
+    show_default=True,
+    help="Largest HTTP request body accepted.",
+)
+@go_flag(
+    "max-in-flight",
+    type=click.IntRange(min=1),
+    default=config.DEFAULT_MAX_IN_FLIGHT,
+    show_default=True,
+    help="Messages handled at once; more wait (back-pressure).",
+)
+@go_flag(
+    "lua-threads",
+    type=click.IntRange(min=1),
+    default=config.DEFAULT_LUA_THREADS,
+    show_default=True,
+    help="Lua worker threads (scripts waiting on I/O hold one).",
+)
+@go_flag(
+    "grace-period",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="On shutdown, how long in-flight work may take to finish.",
+)
+@go_flag("http-host", default=config.DEFAULT_HTTP_HOST, show_default=True, help="HTTP gateway address.")
+@go_flag("no-browse", is_flag=True, default=False, help="Turn off the /_/ pages (they show script source).")
+def command(
+    backend: str,
+    etcdurl: str,
+    natsurl: str,
+    embedded_nats_port: int,
+    log_level: str,
+    port: int,
+    plugin: str,
+    library: str,
+    script: str,
+    queue_group: str,
+    timeout: float,
+    max_memory: int,
+    max_payload: int,
+    max_in_flight: int,
+    lua_threads: int,
+    grace_period: float,
+    http_host: str,
+    no_browse: bool,
+) -> None:
+    """Run Lua, WASM and Podman functions when NATS messages or HTTP requests arrive."""
+    try:
+        level = parse_level(log_level)
+    except ValueError as exc:
+        configure_logging(logging.INFO)
+        log.critical("%s", exc)
+        sys.exit(1)
+    if os.environ.get("DEBUG"):
+        level = logging.DEBUG
+    configure_logging(level)
+    settings = Settings(
+        backend=backend,
+        etcd_endpoints=tuple(e.strip() for e in etcdurl.split(",") if e.strip()),
+        nats_url=natsurl,
+        embedded_nats_port=embedded_nats_port,
+        log_level=log_level,
+        http_port=port,
+        http_host=http_host,
+        plugin_dir=plugin,
+        library_dir=library,
+        script_dir=script,
+        queue_group=queue_group,
+        script_timeout_s=timeout,
+        max_memory_bytes=max_memory,
+        max_payload_bytes=max_payload,
+        max_in_flight=max_in_flight,
+        lua_threads=lua_threads,
+        grace_period_s=grace_period,
+        browse=not no_browse,
+        env=dict(os.environ),
+    )
+    from msgscript.app import serve
+
+    try:
+        run_async(serve(settings))
+    except ConfigError as exc:
+        log.critical("%s", exc)
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console entry point of `msgscript`."""
+    command(prog_name="msgscript")

@@ -1,0 +1,99 @@
+"""From a Message to a Reply: look up the scripts, run each under its lock and deadline, collect results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+from msgscript.cluster import Lock, lock_key
+from msgscript.durations import format_duration
+from msgscript.errors import LibraryNotFound, ScriptError, ScriptTimeout, StoreError
+from msgscript.executors.base import Executor, RunContext
+from msgscript.message import Message, Reply, Result
+from msgscript.script import Script
+from msgscript.store.base import Store
+
+log = logging.getLogger(__name__)
+
+# The executor gets the deadline itself; this margin lets it report the timeout before the backstop fires.
+_BACKSTOP_MARGIN_S = 1.0
+
+
+def no_scripts_error(subject: str) -> str:
+    """The Reply error for a subject without scripts (the Go file store's text)."""
+    return f"failed to get scripts for subject: script not found for subject: {subject}"
+
+
+class Dispatcher:
+    """Runs the scripts of a message; the one place where failures become error Results."""
+
+    def __init__(
+        self, store: Store, executors: Mapping[str, Executor], lock: Lock, *, script_timeout_s: float
+    ) -> None:
+        self.store = store
+        self._executors = executors
+        self._lock = lock
+        self._timeout_s = script_timeout_s
+
+    async def dispatch(self, message: Message) -> Reply:
+        """Run every script of the message's subject concurrently; results come in completion order."""
+        try:
+            scripts = await self.store.scripts_for(message.subject)
+        except StoreError as exc:
+            log.error("store lookup failed subject=%s: %s", message.subject, exc)
+            return Reply(error=f"failed to get scripts for subject: {exc}")
+        if not scripts:
+            return Reply(error=no_scripts_error(message.subject))
+        if len(scripts) == 1:
+            result = await self.run(scripts[0], message)
+            return Reply(results=() if result is None else (result,))
+        results: list[Result] = []
+
+        async def run_into(script: Script) -> None:
+            result = await self.run(script, message)
+            if result is not None:
+                results.append(result)
+
+        async with asyncio.TaskGroup() as group:
+            for script in scripts:
+                group.create_task(run_into(script), name=f"msgscript:{script.subject}:{script.name}")
+        return Reply(results=tuple(results))
+
+    async def run(self, script: Script, message: Message) -> Result | None:
+        """Run one script; None when another instance holds its lock past the deadline."""
+        timeout_s = script.timeout_s or self._timeout_s
+        deadline = time.monotonic() + timeout_s
+        executor = self._executors.get(script.executor_name)
+        if executor is None:
+            return Result.failure(f"unknown executor '{script.executor_name}'")
+        try:
+            libraries: tuple[str, ...] = ()
+            if script.libraries:
+                libraries = await self.store.load_libraries(script.libraries)
+            ctx = RunContext(deadline=deadline, timeout_s=timeout_s, libraries=libraries)
+            if not script.lock:
+                return await self._run_with_backstop(executor, script, message, ctx)
+            async with self._lock.hold(lock_key(script.name), timeout_s) as acquired:
+                if not acquired:
+                    log.info("lock not acquired script=%s subject=%s", script.name, script.subject)
+                    return None
+                return await self._run_with_backstop(executor, script, message, ctx)
+        except LibraryNotFound as exc:
+            return Result.failure(f"failed to read librairies: {exc}")
+        except (ScriptTimeout, TimeoutError):
+            log.info("script timed out script=%s subject=%s after=%s", script.name, script.subject, timeout_s)
+            return Result.failure(f"script timed out after {format_duration(timeout_s)}")
+        except ScriptError as exc:
+            log.info("script failed script=%s subject=%s: %s", script.name, script.subject, exc)
+            return Result.failure(str(exc))
+        except Exception as exc:
+            log.exception("internal error running script=%s subject=%s", script.name, script.subject)
+            return Result.failure(f"internal error: {exc}")
+
+    async def _run_with_backstop(
+        self, executor: Executor, script: Script, message: Message, ctx: RunContext
+    ) -> Result:
+        async with asyncio.timeout(ctx.timeout_s + _BACKSTOP_MARGIN_S):
+            return await executor.run(script, message, ctx)

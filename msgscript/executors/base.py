@@ -1,0 +1,35 @@
+"""The Executor protocol and what the dispatcher hands an executor for one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+from msgscript.message import Message, Result
+from msgscript.script import Script
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Per-run facts decided by the dispatcher."""
+
+    deadline: float
+    """time.monotonic() value after which the run must stop."""
+    timeout_s: float
+    libraries: tuple[str, ...] = ()
+    """Source of each required library, in `--* require:` order (Lua only)."""
+
+
+class Executor(Protocol):
+    """Runs one script for one message."""
+
+    name: ClassVar[str]
+
+    async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
+        """Run the script and return its result.
+
+        Raises:
+            ScriptError: the user's script failed; its text becomes the result error.
+            ScriptTimeout: the run went past ctx.deadline.
+        """
+        ...

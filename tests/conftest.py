@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from msgscript.app import running
+from msgscript.config import Settings
+from msgscript.dispatch import Dispatcher
+from tests.fixtures import write_fixtures
+from tests.servers import NatsServer, run_nats_server
+
+DaemonFactory = Callable[..., contextlib.AbstractAsyncContextManager[Dispatcher]]
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[NatsServer]:
+    async with run_nats_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(nats_server.url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def fixture_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return write_fixtures(tmp_path)
+
+
+@pytest.fixture
+def make_daemon(nats_server: NatsServer, fixture_dirs: tuple[Path, Path]) -> DaemonFactory:
+    """Start an in-process daemon on the test NATS server and the fixture scripts; keywords override Settings."""
+    scripts, libs = fixture_dirs
+
+    def make(**overrides: Any) -> contextlib.AbstractAsyncContextManager[Dispatcher]:
+        options: dict[str, Any] = {
+            "nats_url": nats_server.url,
+            "script_dir": str(scripts),
+            "library_dir": str(libs),
+            "grace_period_s": 5.0,
+            "max_memory_bytes": 32 * 1024 * 1024,
+        }
+        options.update(overrides)
+        return running(Settings(**options))
+
+    return make
+
+
+@pytest.fixture
+async def daemon(make_daemon: DaemonFactory) -> AsyncIterator[Dispatcher]:
+    async with make_daemon() as dispatcher:
+        yield dispatcher

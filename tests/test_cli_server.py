@@ -1,0 +1,219 @@
+"""The `msgscript` command as a user runs it: flags, startup errors, logs, signals, embedded NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from tests.servers import run_nats_server
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "examples"
+STARTUP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DEBUG", "ETCD_ENDPOINTS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "msgscript",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=server_env(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Daemon:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.log = ""
+
+    async def wait_for_log(self, text: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        assert self.proc.stderr is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while text not in self.log:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"{text!r} not logged; log so far:\n{self.log}")
+            line = await asyncio.wait_for(self.proc.stderr.readline(), remaining)
+            if not line:
+                raise AssertionError(f"daemon exited before logging {text!r}; log:\n{self.log}")
+            self.log += line.decode()
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        assert self.proc.stderr is not None
+        rest = await asyncio.wait_for(self.proc.stderr.read(), 30)
+        self.log += rest.decode()
+        return await asyncio.wait_for(self.proc.wait(), 30)
+
+
+async def start_daemon(*args: str) -> Daemon:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "msgscript",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=server_env(),
+    )
+    daemon = Daemon(proc)
+    await daemon.wait_for_log("Starting message watch...")
+    return daemon
+
+
+@pytest.fixture
+async def nats_url() -> AsyncIterator[str]:
+    async with run_nats_server() as server:
+        yield server.url
+
+
+async def test_help_lists_the_upstream_flags_with_their_defaults() -> None:
+    code, out, _ = await run_cli("-h")
+    assert code == 0
+    for flag, default in [
+        ("-backend", "file"),
+        ("-etcdurl", "localhost:2379"),
+        ("-log", "info"),
+        ("-port", "7643"),
+        ("-script", "."),
+        ("-queue-group", "msgscript"),
+        ("-timeout", "2m"),
+    ]:
+        line = next((ln for ln in out.splitlines() if ln.strip().startswith(flag + ",")), None)
+        assert line is not None, f"{flag} missing from help:\n{out}"
+        assert f"default: {default}" in out.split(flag + ",", 1)[1].split("\n  -", 1)[0]
+    for flag in ("-natsurl", "-plugin", "-library"):
+        assert flag in out
+
+
+async def test_unknown_flag_is_a_usage_error() -> None:
+    code, _, err = await run_cli("-nope")
+    assert code == 2
+    assert "-nope" in err
+
+
+async def test_unknown_backend_is_one_clear_line(nats_url: str) -> None:
+    code, _, err = await run_cli("-backend", "sqlite", "-natsurl", nats_url, "-script", str(EXAMPLES))
+    assert code == 1
+    assert "failed to initialize the script store: Unknown backend: sqlite" in err
+    assert "Traceback" not in err
+
+
+async def test_invalid_log_level(nats_url: str) -> None:
+    code, _, err = await run_cli("-log", "bogus", "-natsurl", nats_url)
+    assert code == 1
+    assert "Invalid log level: bogus" in err
+
+
+async def test_unreadable_script_dir(nats_url: str, tmp_path: Path) -> None:
+    code, _, err = await run_cli("-natsurl", nats_url, "-script", str(tmp_path / "missing"))
+    assert code == 1
+    assert "failed to read directory" in err and "missing" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
+async def test_serves_with_go_style_flags_and_stops_on_signal(nats_url: str, sig: int) -> None:
+    daemon = await start_daemon(f"-natsurl={nats_url}", "--script", str(EXAMPLES), "-port", str(free_port()))
+    assert f"loaded {len(list(EXAMPLES.glob('*.lua')))} scripts from {EXAMPLES.resolve()}" in daemon.log
+    nc = await nats.connect(nats_url)
+    try:
+        msg = await nc.request("funcs.hello", b"John", timeout=5)
+        assert b"UHJvY2Vzc2VkIHN1YmplY3Q6IGZ1bmNzLmhlbGxvIHdpdGggcGF5bG9hZDogSm9obg==" in msg.data
+    finally:
+        await nc.close()
+    assert await daemon.stop(sig) == 0
+    assert "Received shutdown signal, stopping server..." in daemon.log
+
+
+async def test_nats_url_from_environment(nats_url: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "msgscript",
+        "-script",
+        str(EXAMPLES),
+        "-port",
+        str(free_port()),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**server_env(), "NATS_URL": nats_url},
+    )
+    daemon = Daemon(proc)
+    await daemon.wait_for_log("Starting message watch...")
+    assert "embeded" not in daemon.log
+    nc = await nats.connect(nats_url)
+    try:
+        assert (await nc.request("funcs.hello", b"x", timeout=5)).data.startswith(b'{"script_result":[')
+    finally:
+        await nc.close()
+    assert await daemon.stop() == 0
+
+
+async def test_embedded_nats_is_started_when_no_url_is_given() -> None:
+    port = free_port()
+    daemon = await start_daemon("-script", str(EXAMPLES), "-embedded-nats-port", str(port), "-port", str(free_port()))
+    assert f"Starting embeded NATS server... on 127.0.0.1:{port}" in daemon.log
+    assert "NATS server started" in daemon.log
+    nc = await nats.connect(f"nats://127.0.0.1:{port}")
+    try:
+        assert (await nc.request("funcs.hello", b"x", timeout=5)).data.startswith(b'{"script_result":[')
+    finally:
+        await nc.close()
+    assert await daemon.stop() == 0
+    # The embedded server goes away with the daemon.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_embedded_nats_reuses_a_server_that_already_answers() -> None:
+    async with run_nats_server() as server:
+        daemon = await start_daemon(
+            "-script", str(EXAMPLES), "-embedded-nats-port", str(server.port), "-port", str(free_port())
+        )
+        assert f"a NATS server already answers on 127.0.0.1:{server.port}, using it" in daemon.log
+        assert "Starting embeded" not in daemon.log
+        assert await daemon.stop() == 0
+
+
+async def test_reconnects_after_nats_restarts() -> None:
+    port = free_port()
+    async with run_nats_server(port=port) as first:
+        daemon = await start_daemon("-natsurl", first.url, "-script", str(EXAMPLES), "-port", str(free_port()))
+    # NATS is gone; bring it back on the same port and the daemon serves again.
+    async with run_nats_server(port=port) as second:
+        await daemon.wait_for_log("reconnected to NATS", timeout=20)
+        nc = await nats.connect(second.url)
+        try:
+            msg = await nc.request("funcs.hello", b"again", timeout=5)
+            assert b'"error":""' in msg.data
+        finally:
+            await nc.close()
+        assert await daemon.stop() == 0
