@@ -10,7 +10,6 @@ import sysconfig
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -181,7 +180,8 @@ class NatsSubscriber:
         subs = list(self._subs.values())
         self._subs.clear()
         results = await asyncio.gather(
-            *(asyncio.wait_for(sub.drain(), self._grace_period_s) for sub in subs), return_exceptions=True
+            *(asyncio.wait_for(sub.drain(), self._grace_period_s) for sub in subs),  # type: ignore[no-untyped-call]
+            return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
@@ -219,6 +219,8 @@ class NatsSubscriber:
                 log.debug("subscribed subject=%s queue=%s", subject, self._queue)
             self._literal = {s for s in wanted if not has_wildcards(s)}
             self._patterns = sorted(wanted - self._literal)
+            # Make sure the server has our subscriptions before anyone is told we are ready.
+            await self._nc.flush(timeout=int(NATS_CONNECT_TIMEOUT_S))
 
     def _owner(self, subject: str) -> str | None:
         """The first of our subscribed subjects (sorted) that matches a message subject."""
@@ -286,5 +288,3 @@ class NatsSubscriber:
             await self._nc.publish(reply_subject, data)
         except Exception as exc:
             log.error("failed to send reply to %s: %s", reply_subject, exc)
-
-

@@ -85,4 +85,3 @@ async def run_nats_server(*extra: str, port: int = -1) -> AsyncIterator[NatsServ
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
-

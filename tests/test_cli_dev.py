@@ -49,7 +49,9 @@ def test_dev_uses_a_library_directory(tmp_path: Path) -> None:
     (libs / "nested").mkdir(parents=True)
     (libs / "nested" / "greet.lua").write_text("function Greet(n) return 'hi ' .. n end\n")
     script = tmp_path / "lib.lua"
-    script.write_text("--* subject: s\n--* name: n\n--* require: nested/greet\nfunction OnMessage(_, p) return Greet(p) end\n")
+    script.write_text(
+        "--* subject: s\n--* name: n\n--* require: nested/greet\nfunction OnMessage(_, p) return Greet(p) end\n"
+    )
     assert run("dev", "-l", str(libs), "-i", "Ann", str(script))[:2] == (0, "Result: hi Ann\n")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from msgscript import config
+from msgscript.cli.devhttp import devhttp
 from msgscript.cli.server import run_async
 from msgscript.cluster import NoLock
 from msgscript.config import Settings
@@ -30,7 +31,7 @@ class CommandFailed(click.ClickException):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-L", "--log", "log_level", default=config.DEFAULT_LOG_LEVEL, show_default=True, help="Log level.")
+@click.option("-L", "--log", "log_level", default="warning", show_default=True, help="Log level.")
 @click.option("-e", "--etcdurls", default=config.DEFAULT_ETCD_URL, envvar="ETCD_ENDPOINTS", show_default=True)
 @click.option("-u", "--natsurl", default="nats://localhost:4222", envvar="NATS_URL", show_default=True)
 @click.option("-b", "--backend", default="etcd", show_default=True, help="Script store: etcd or file.")
@@ -140,3 +141,6 @@ def dev(
 def main() -> None:
     """Console entry point of `msgscriptcli`."""
     cli(prog_name="msgscriptcli")
+
+
+cli.add_command(devhttp)

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from msgscript.durations import parse_duration
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
-def go_flag(name: str, *aliases: str, **kwargs: Any) -> Any:
+def go_flag(name: str, *aliases: str, **kwargs: Any) -> Callable[[F], F]:
     """A click option accepted as `-name` and `--name` (and `-name=v`), like Go's flag package."""
     return click.option(f"-{name}", f"--{name}", *aliases, **kwargs)
 
 
-class DurationType(click.ParamType):
+class DurationType(click.ParamType):  # type: ignore[type-arg]
     """A Go duration (`5s`, `2m`, `1h30m`) given in seconds to the command."""
 
     name = "duration"
@@ -36,7 +39,7 @@ class DurationType(click.ParamType):
         return seconds
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType):  # type: ignore[type-arg]
     """A size in bytes, with an optional unit (`512k`, `256MiB`, `1G`)."""
 
     name = "size"

@@ -32,7 +32,9 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "-help", "--help"], "max_content_width": 100})
+@click.command(
+    context_settings={"help_option_names": ["-h", "-help", "--help"], "max_content_width": 120, "terminal_width": 120}
+)
 @go_flag("backend", default=config.DEFAULT_BACKEND, show_default=True, help="Script store: file or etcd.")
 @go_flag(
     "etcdurl",
