@@ -143,10 +143,10 @@ async def connect_nats(settings: Settings) -> AsyncIterator[Client]:
 class NatsSubscriber:
     """Subscribes every script subject and the internal subjects, and runs each message as a bounded task.
 
-    Where script subjects overlap (`funcs.*` and `funcs.a`), a message arrives once per matching
-    subscription; only the delivery through the first matching subject (in sorted order) is handled,
-    so each message runs once per instance — and once per queue group across instances that hold
-    the same scripts.
+    Where script subjects overlap (`funcs.*` and `funcs.a`), NATS picks one subscription per queue
+    group among all that match, so with a queue group each message arrives once. Without one, it
+    arrives once per matching subscription and only the delivery through the first matching subject
+    (in sorted order) is handled. Either way each message runs once per instance (once per queue group).
     """
 
     def __init__(self, nc: Client, dispatcher: Dispatcher, catalog: Catalog, settings: Settings) -> None:
@@ -233,7 +233,7 @@ class NatsSubscriber:
         async def on_message(msg: Msg) -> None:
             if msg.subject.startswith("_INBOX."):
                 return
-            if self._patterns and self._owner(msg.subject) != pattern:
+            if not self._queue and self._patterns and self._owner(msg.subject) != pattern:
                 return
             await self._spawn(self._handle(msg), msg.subject)
 

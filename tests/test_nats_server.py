@@ -165,13 +165,22 @@ async def test_globals_do_not_leak_between_messages(daemon: Dispatcher, nc: nats
         assert payloads(await request(nc, "funcs.counter", b"")) == [b"1"]
 
 
-async def test_wildcard_subject_scripts_run_and_overlaps_reply_once(daemon: Dispatcher, nc: nats.NATS) -> None:
+@pytest.mark.parametrize("queue_group", ["msgscript", ""])
+async def test_wildcard_subject_scripts_run_and_overlaps_reply_once(
+    make_daemon: DaemonFactory, nc: nats.NATS, queue_group: str
+) -> None:
+    async with make_daemon(queue_group=queue_group):
+        await _overlapping_subjects_reply_once(nc)
+
+
+async def _overlapping_subjects_reply_once(nc: nats.NATS) -> None:
     assert payloads(await request(nc, "funcs.wild.b", b"")) == [b"wild funcs.wild.b"]
     inbox = nc.new_inbox()
     replies = await nc.subscribe(inbox)
-    await nc.publish("funcs.wild.a", b"", reply=inbox)
-    first = Reply.from_json((await replies.next_msg(timeout=5)).data)
-    assert sorted(payloads(first)) == [b"literal funcs.wild.a", b"wild funcs.wild.a"]  # type: ignore[type-var]
+    for _ in range(10):
+        await nc.publish("funcs.wild.a", b"", reply=inbox)
+        first = Reply.from_json((await replies.next_msg(timeout=5)).data)
+        assert sorted(payloads(first)) == [b"literal funcs.wild.a", b"wild funcs.wild.a"]  # type: ignore[type-var]
     with pytest.raises(NatsTimeout):
         await replies.next_msg(timeout=0.5)
 

@@ -1,0 +1,157 @@
+"""The Lua executor: `OnMessage` and HTML-verb scripts in sandboxed Lua 5.1 runtimes on worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from types import MappingProxyType, TracebackType
+from typing import Any, ClassVar
+
+from msgscript.durations import format_duration
+from msgscript.errors import ScriptError, ScriptTimeout
+from msgscript.executors.base import RunContext
+from msgscript.lua.module import LuaModule
+from msgscript.lua.runtime import Execution, LuaSandbox, Outcome, Status, as_text, lua_number_text
+from msgscript.message import Message, Result
+from msgscript.script import Script
+
+log = logging.getLogger(__name__)
+
+ENTRY_FUNCTION = "OnMessage"
+_INT64 = 2**63
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(value: object) -> str:
+    """A Lua string or number as text (gopher-lua formatting); anything else is empty."""
+    if isinstance(value, bytes):
+        return as_text(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return lua_number_text(value)
+    return ""
+
+
+def _status_code(value: object) -> int:
+    """The HTTP status an HTML function returned (a number, already truncated here); 0 means 200."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 200
+    if not math.isfinite(value) or abs(value) >= _INT64:
+        return 200
+    return int(value) or 200
+
+
+def timeout_error(ctx: RunContext) -> str:
+    """The result error of a script that ran past its deadline."""
+    return f"script timed out after {format_duration(ctx.timeout_s)}"
+
+
+class LuaExecutor:
+    """Runs Lua scripts on `threads` worker threads, each with its own long-lived sandboxed runtime.
+
+    Use it as an async context manager; the worker threads stop (after their current script) on exit.
+    `run` returns the script's Result, or raises ScriptError (ScriptTimeout past the deadline).
+    """
+
+    name: ClassVar[str] = "lua"
+
+    def __init__(
+        self,
+        *,
+        modules: Mapping[str, LuaModule],
+        nats: Any | None,
+        env: Mapping[str, str],
+        max_memory_bytes: int,
+        threads: int,
+        services: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._modules = dict(modules)
+        self._nats = nats
+        self._env = MappingProxyType(dict(env))
+        self._max_memory_bytes = max_memory_bytes
+        self._threads = threads
+        self._services = MappingProxyType(dict(services or {}))
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+
+    async def __aenter__(self) -> LuaExecutor:
+        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="msgscript-lua")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Running scripts end by their deadline at the latest; wait without blocking the loop.
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+
+    async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
+        """Run the script for the message on a worker thread, in a fresh environment."""
+        if self._pool is None:
+            raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
+        if time.monotonic() >= ctx.deadline:
+            raise ScriptTimeout(timeout_error(ctx))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._execute, script, message, ctx, loop)
+
+    def _sandbox(self) -> LuaSandbox:
+        sandbox: LuaSandbox | None = getattr(self._local, "sandbox", None)
+        if sandbox is None:
+            sandbox = LuaSandbox(self._modules, self._max_memory_bytes)
+            self._local.sandbox = sandbox
+        return sandbox
+
+    def _execute(self, script: Script, message: Message, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> Result:
+        sandbox = self._sandbox()
+        execution = Execution(deadline=ctx.deadline, loop=loop, nats=self._nats, env=self._env, services=self._services)
+        # Keyed by the parts, not their concatenation: the parts' hashes are cached by the strings.
+        key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
+        sources = (*ctx.libraries, script.content)
+        try:
+            if script.html:
+                entry, first = _encode(message.method), _encode(message.url)
+            else:
+                entry, first = b"OnMessage", _encode(message.subject)
+            outcome = sandbox.run(
+                key, sources, html=script.html, entry=entry, args=(first, message.payload), execution=execution
+            )
+        finally:
+            execution.close()
+        return _result(script, message, ctx, outcome)
+
+
+def _result(script: Script, message: Message, ctx: RunContext, outcome: Outcome) -> Result:
+    status = outcome.status
+    if status is Status.OK:
+        if script.html:
+            return _html_result(outcome.values)
+        payload = outcome.values[0] if outcome.values else None
+        return Result(payload=payload if isinstance(payload, bytes) else None)
+    if status is Status.TIMEOUT:
+        raise ScriptTimeout(timeout_error(ctx))
+    if status is Status.CHUNK_ERROR:
+        raise ScriptError(f"error executing Lua script: {outcome.error}")
+    if script.html:
+        if status is Status.MISSING:
+            return Result(http_code=200, http_headers={}, is_html=True, payload=b"")
+        # An HTML result (not an exception) so that the gateway answers it with a 500 page.
+        return Result(error=f"failed to call {message.method} function: {outcome.error}", http_headers={}, is_html=True)
+    if status is Status.MISSING:
+        raise ScriptError(f"failed to find global function named '{ENTRY_FUNCTION}'")
+    raise ScriptError(f"failed to call {ENTRY_FUNCTION} function: {outcome.error}")
+
+
+def _html_result(values: tuple[Any, ...]) -> Result:
+    body = values[0] if values else None
+    code = values[1] if len(values) > 1 else None
+    headers = {_text(values[i]): _text(values[i + 1]) for i in range(2, len(values) - 1, 2)}
+    payload = body if isinstance(body, bytes) else _text(body).encode()
+    return Result(http_code=_status_code(code), http_headers=headers, is_html=True, payload=payload)
