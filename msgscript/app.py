@@ -14,6 +14,7 @@ from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
 from msgscript.executors import open_executors
+from msgscript.http import http_site
 from msgscript.nats_server import NatsSubscriber, connect_nats
 from msgscript.store import open_store
 
@@ -34,7 +35,10 @@ async def running(settings: Settings) -> AsyncIterator[Dispatcher]:
         nc = await stack.enter_async_context(connect_nats(settings))
         executors = await stack.enter_async_context(open_executors(settings, nc))
         dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=settings.script_timeout_s)
-        await stack.enter_async_context(NatsSubscriber(nc, dispatcher, Catalog(store), settings))
+        catalog = Catalog(store)
+        await stack.enter_async_context(NatsSubscriber(nc, dispatcher, catalog, settings))
+        # Entered last so that it stops first: in-flight HTTP requests finish while NATS and the executors are up.
+        await stack.enter_async_context(http_site(dispatcher, catalog, settings))
         yield dispatcher
 
 

@@ -47,6 +47,9 @@ def make_daemon(nats_server: NatsServer, fixture_dirs: tuple[Path, Path]) -> Dae
             "nats_url": nats_server.url,
             "script_dir": str(scripts),
             "library_dir": str(libs),
+            # A port of its own per daemon (tests that talk HTTP pick a free port themselves).
+            "http_host": "127.0.0.1",
+            "http_port": 0,
             "grace_period_s": 5.0,
             "max_memory_bytes": 32 * 1024 * 1024,
         }

@@ -1,0 +1,161 @@
+"""`msgscriptcli devhttp`: serve one script file over HTTP while editing it (re-read on every request)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import click
+from aiohttp import web
+
+from msgscript import config
+from msgscript.cli.server import run_async
+from msgscript.cluster import NoLock
+from msgscript.config import Settings
+from msgscript.dispatch import Dispatcher
+from msgscript.errors import ConfigError
+from msgscript.executors import Executor, open_executors
+from msgscript.http.gateway import (
+    BodyTooLarge,
+    first_segment,
+    html_response,
+    read_body,
+    request_target,
+    script_url,
+    text_response,
+)
+from msgscript.message import Message
+from msgscript.script import Script
+from msgscript.store.memory import MemoryStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEVHTTP_PORT = 7634
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True, slots=True)
+class DevTarget:
+    """What `devhttp` serves: a script file, an optional library directory and how to run them."""
+
+    path: str
+    library_dir: str
+    executor: str | None
+    timeout_s: float
+    max_payload_bytes: int
+
+
+def load_target(target: DevTarget) -> tuple[Script, MemoryStore]:
+    """Read the script file and the libraries from disk, as they are now (runs in a thread).
+
+    Raises:
+        CommandFailed: the script or a library cannot be read.
+    """
+    from msgscript.cli.main import CommandFailed, load_dev_libraries, read_script_file  # main imports this module
+
+    script = read_script_file(target.path)
+    script = replace(script, executor=target.executor or script.executor)
+    store = MemoryStore()
+    if target.library_dir:
+        try:
+            load_dev_libraries(store, target.library_dir)
+        except OSError as exc:
+            raise CommandFailed(f"failed to read librairies: {exc}") from exc
+        except CommandFailed as exc:
+            raise CommandFailed(f"failed to read librairies: {exc.message}") from exc
+    return script, store
+
+
+def build_dev_app(target: DevTarget, executors: Mapping[str, Executor]) -> web.Application:
+    """The devhttp application: every path runs the script with the first path segment as its subject."""
+
+    from msgscript.cli.main import CommandFailed  # main imports this module
+
+    async def handle(request: web.Request) -> web.Response:
+        subject = first_segment(request.path)
+        log.info("Received HTTP request subject=%s client=%s", subject, request.remote)
+        try:
+            body = await read_body(request, target.max_payload_bytes)
+        except BodyTooLarge as exc:
+            return text_response(413, f"Error: {exc}")
+        try:
+            script, store = await asyncio.to_thread(load_target, target)
+        except CommandFailed as exc:
+            log.error("%s", exc.message)
+            return text_response(500, f"Error: {exc.message}")
+        url = script_url(request_target(request), subject) or "/"
+        message = Message(subject=subject, payload=body, method=request.method, url=url)
+        dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=target.timeout_s)
+        result = await dispatcher.run(script, message)
+        if result is None:
+            return text_response(500, "Error: the script did not run")
+        if result.is_html:
+            return html_response(result)
+        if result.error:
+            return text_response(500, f"Error: {result.error}")
+        return web.Response(body=result.payload or b"", headers={"Content-Type": "text/plain"})
+
+    app = web.Application(client_max_size=target.max_payload_bytes)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def serve_devhttp(target: DevTarget, settings: Settings, host: str, port: int) -> None:
+    """Serve `target` until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with open_executors(settings, None) as executors:
+            runner = web.AppRunner(build_dev_app(target, executors), handle_signals=False, access_log=None)
+            await runner.setup()
+            try:
+                try:
+                    await web.TCPSite(runner, host, port).start()
+                except OSError as exc:
+                    raise ConfigError(f"failed to start the HTTP server on {host}:{port}: {exc}") from exc
+                click.echo(f"Starting HTTP server on port {port}", err=True)
+                await stop.wait()
+                click.echo("Received shutdown signal, stopping server...", err=True)
+            finally:
+                await runner.cleanup()
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+@click.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-l", "--library", default="", help="Library directory (re-read on every request).")
+@click.option("-p", "--pluginDir", "plugin_dir", default="", help="Plugin directory.")
+@click.option(
+    "--port", type=click.IntRange(min=0, max=65535), default=DEFAULT_DEVHTTP_PORT, show_default=True, help="HTTP port."
+)
+@click.option("--host", default=config.DEFAULT_HTTP_HOST, show_default=True, help="HTTP address.")
+@click.option("--timeout", "timeout_s", type=float, default=config.DEFAULT_SCRIPT_TIMEOUT_S, show_default=True)
+@click.pass_obj
+def devhttp(
+    obj: dict[str, str | None], file: str, library: str, plugin_dir: str, port: int, host: str, timeout_s: float
+) -> None:
+    """Serve a script over HTTP, re-reading it from disk on every request."""
+    from msgscript.cli.main import CommandFailed  # main imports this module
+
+    target = DevTarget(
+        path=file,
+        library_dir=library,
+        executor=obj.get("executor"),
+        timeout_s=timeout_s,
+        max_payload_bytes=config.DEFAULT_MAX_PAYLOAD_BYTES,
+    )
+    # Fail before serving when the script or the libraries cannot be read at all.
+    load_target(target)
+    settings = Settings(plugin_dir=plugin_dir, script_timeout_s=timeout_s, env=dict(os.environ))
+    try:
+        run_async(serve_devhttp(target, settings, host, port))
+    except ConfigError as exc:
+        raise CommandFailed(str(exc)) from exc

@@ -1,0 +1,214 @@
+"""The function gateway: `<METHOD> /<subject>/...` runs the subject's scripts in-process and answers their results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from msgscript.catalog import INTERNAL_SUBJECTS
+from msgscript.config import DEFAULT_HTTP_TIMEOUT_S
+from msgscript.dispatch import no_scripts_error
+from msgscript.durations import parse_duration
+from msgscript.errors import StoreError
+from msgscript.http.keys import CATALOG, DISPATCHER, SETTINGS, TASKS
+from msgscript.message import Message, Reply, Result
+from msgscript.subjects import is_valid_subject
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_PARAM = "_timeout"
+DEADLINE_EXCEEDED = "context deadline exceeded"
+HTML_CONTENT_TYPE = "text/html"
+PLAIN_UTF8 = "text/plain; charset=utf-8"
+
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# The server frames the body itself; a script must not be able to contradict it.
+_FRAMING_HEADERS = frozenset({"Content-Length", "Transfer-Encoding"})
+
+
+class BodyTooLarge(Exception):
+    """Raised when a request body is larger than the gateway accepts."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        super().__init__(f"request body larger than {limit_bytes} bytes")
+
+
+def text_response(status: int, text: str) -> web.Response:
+    """A plain-text answer (`text/plain; charset=utf-8`), the shape of every gateway error."""
+    return web.Response(status=status, body=text.encode("utf-8", "replace"), headers={"Content-Type": PLAIN_UTF8})
+
+
+def first_segment(path: str) -> str:
+    """The first segment of a decoded URL path: the subject (`/funcs.hello/a/b` → `funcs.hello`)."""
+    return path.split("/", 2)[1] if path.startswith("/") else path.split("/", 1)[0]
+
+
+def request_target(request: web.BaseRequest) -> str:
+    """The request URI as sent: escaped path, then `?` and the raw query when there is one."""
+    target = request.raw_path
+    if not target.startswith("/"):
+        # An absolute-form target (`GET http://host/path`): keep its path and query only.
+        target = str(request.rel_url)
+    return target
+
+
+def script_url(target: str, subject: str) -> str:
+    """The `url` given to scripts: the request URI with every `/<subject>` removed, query kept (Go's rule)."""
+    return target.replace("/" + subject, "")
+
+
+def request_timeout_s(request: web.BaseRequest) -> float:
+    """The `_timeout` query parameter as a Go duration; absent or invalid means the default 5 s."""
+    raw = request.query.get(TIMEOUT_PARAM)
+    if raw is None:
+        return DEFAULT_HTTP_TIMEOUT_S
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        return DEFAULT_HTTP_TIMEOUT_S
+
+
+async def read_body(request: web.BaseRequest, limit_bytes: int) -> bytes:
+    """The whole request body; raises BodyTooLarge past `limit_bytes`."""
+    if request.content_length is not None and request.content_length > limit_bytes:
+        raise BodyTooLarge(limit_bytes)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(limit_bytes) from None
+    if len(body) > limit_bytes:
+        raise BodyTooLarge(limit_bytes)
+    return body
+
+
+def canonical_header_name(name: str) -> str:
+    """Go's canonical header spelling (`content-type` → `Content-Type`); names with odd characters stay as they are."""
+    if not name or any(c not in _TOKEN_CHARS for c in name):
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def _is_sendable(name: str, value: str) -> bool:
+    """True when a script's header can go on the wire without breaking the response."""
+    if not name or any(c not in _TOKEN_CHARS for c in name):
+        return False
+    return not any(c in value for c in "\r\n\x00")
+
+
+def html_response(result: Result) -> web.Response:
+    """The response of an HTML result: its status (0 means 200), its headers and its body.
+
+    A result carrying an error answers 500 `Error: <error>`; without a Content-Type header (in any
+    spelling) the response is `text/html`.
+    """
+    if result.error:
+        return text_response(500, f"Error: {result.error}")
+    status = result.http_code or 200
+    if not 100 <= status <= 999:
+        return text_response(500, f"Error: invalid HTTP status code {status}")
+    headers: CIMultiDict[str] = CIMultiDict()
+    for raw_name, value in (result.http_headers or {}).items():
+        name = canonical_header_name(raw_name)
+        if name in _FRAMING_HEADERS or not _is_sendable(name, value):
+            log.info("dropping header %r set by a script", raw_name)
+            continue
+        headers[name] = value
+    if "Content-Type" not in headers:
+        headers["Content-Type"] = HTML_CONTENT_TYPE
+    return web.Response(status=status, body=result.payload or b"", headers=headers)
+
+
+def results_json(results: tuple[Result, ...] | None) -> bytes:
+    """The JSON array of results the gateway answers in JSON mode (`null` when there are none at all)."""
+    if results is None:
+        return b"null"
+    return ("[" + ",".join(r.to_json() for r in results) + "]").encode()
+
+
+def reply_response(reply: Reply) -> web.Response:
+    """Turn a Reply into the gateway's response: the first HTML result wins, otherwise all results as JSON."""
+    if reply.error:
+        return text_response(500, f"Error: {reply.error}")
+    if reply.is_html:
+        for result in reply.results or ():
+            if result.is_html:
+                return html_response(result)
+    return web.Response(body=results_json(reply.results), headers={"Content-Type": PLAIN_UTF8})
+
+
+async def wait_done(task: asyncio.Task[Reply], timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for `task` without ever cancelling it; True when it is done."""
+    if task.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    task.add_done_callback(wake)
+    timer = loop.call_later(max(timeout_s, 0.0), wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        task.remove_done_callback(wake)
+    return task.done()
+
+
+def not_found(subject: str) -> web.Response:
+    """The answer for a subject without scripts."""
+    return text_response(404, f"Error: no script found for subject {subject}")
+
+
+async def handle_gateway(request: web.Request) -> web.Response:
+    """Run the scripts of the subject named by the first path segment and answer their results."""
+    subject = first_segment(request.path)
+    log.info("Received HTTP request subject=%s client=%s", subject, request.remote)
+    app = request.app
+    settings = app[SETTINGS]
+    if not is_valid_subject(subject):
+        return text_response(400, f"Error: invalid subject {subject!r} in URL, expected /<subject>")
+    try:
+        body = await read_body(request, settings.max_payload_bytes)
+    except BodyTooLarge as exc:
+        return text_response(413, f"Error: {exc}")
+    if subject.startswith("_INBOX."):
+        return not_found(subject)
+    if subject in INTERNAL_SUBJECTS:
+        # The Go gateway forwarded these to NATS; they describe scripts, so they follow the browse switch.
+        if not settings.browse:
+            return not_found(subject)
+        return reply_response(await app[CATALOG].answer(subject, body))
+    dispatcher = app[DISPATCHER]
+    try:
+        if not await dispatcher.store.scripts_for(subject):
+            return not_found(subject)
+    except StoreError as exc:
+        log.error("store lookup failed subject=%s: %s", subject, exc)
+        return text_response(500, f"Error: failed to get scripts for subject: {exc}")
+    message = Message(
+        subject=subject,
+        payload=body,
+        method=request.method,
+        url=script_url(request_target(request), subject),
+    )
+    # The dispatch is its own task, owned by TASKS: when the client's wait runs out, the script keeps
+    # running to its own deadline (as with the Go gateway) and shutdown still waits for it.
+    task = app[TASKS].start(dispatcher.dispatch(message), name=f"msgscript:http:{subject}")
+    if not await wait_done(task, request_timeout_s(request)):
+        log.info("HTTP request timed out subject=%s", subject)
+        return text_response(503, DEADLINE_EXCEEDED)
+    try:
+        reply = task.result()
+    except Exception as exc:
+        # Logged with its traceback by TASKS, which owns the dispatch.
+        return text_response(500, f"Error: internal error: {exc}")
+    if reply.error == no_scripts_error(subject):
+        return not_found(subject)
+    return reply_response(reply)

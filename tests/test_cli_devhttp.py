@@ -1,0 +1,199 @@
+"""`msgscriptcli devhttp` as a user runs it: a subprocess serving one script file on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).parent.parent
+EXAMPLES = ROOT / "examples"
+STARTUP_TIMEOUT_S = 20.0
+ENTRY = "from msgscript.cli.main import main; main()"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DEBUG", "ETCD_ENDPOINTS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class DevServer:
+    url: str
+    proc: asyncio.subprocess.Process
+
+    async def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        """Send `sig`; the exit status and everything written to stderr."""
+        self.proc.send_signal(sig)
+        _, err = await asyncio.wait_for(self.proc.communicate(), 20)
+        assert self.proc.returncode is not None
+        return self.proc.returncode, err.decode()
+
+
+@contextlib.asynccontextmanager
+async def devhttp(*args: str) -> AsyncIterator[DevServer]:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        ENTRY,
+        "devhttp",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    server = DevServer(f"http://127.0.0.1:{port}", proc)
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.returncode is not None:
+                _, err = await proc.communicate()
+                raise AssertionError(f"devhttp exited with {proc.returncode}: {err.decode()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                if loop.time() > deadline:
+                    raise AssertionError("devhttp did not start listening") from None
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            break
+        yield server
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.communicate()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session
+
+
+async def test_serves_the_script_as_plain_text_and_rereads_it(tmp_path: Path, client: aiohttp.ClientSession) -> None:
+    script = tmp_path / "hello.lua"
+    script.write_text((EXAMPLES / "hello.lua").read_text())
+    async with devhttp(str(script)) as server:
+        async with client.post(server.url + "/anything", data=b"John") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "text/plain"
+            assert await resp.read() == b"Processed subject: anything with payload: John"
+        script.write_text(script.read_text().replace("Processed subject: ", "Edited: "))
+        async with client.post(server.url + "/other/path", data=b"Jane") as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"Edited: other with payload: Jane"
+        status, err = await server.stop(signal.SIGTERM)
+    assert status == 0
+    assert "Received shutdown signal, stopping server..." in err
+    assert "Starting HTTP server on port" in err
+
+
+async def test_html_script_gets_the_url_and_answers_like_the_gateway(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    script = tmp_path / "page.lua"
+    script.write_text(
+        """--* subject: web.dev
+--* name: page
+--* html: true
+function GET(url, body) return "<i>" .. url .. "</i>" end
+function POST(url, body) return "made " .. body, 201, {["X-Made"] = "yes"} end
+function PUT(url, body) error("nope") end
+"""
+    )
+    async with devhttp(str(script)) as server:
+        async with client.get(server.url + "/web.dev") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "text/html"
+            # An empty url becomes "/".
+            assert await resp.read() == b"<i>/</i>"
+        async with client.get(server.url + "/web.dev/a/b?x=1") as resp:
+            assert await resp.read() == b"<i>/a/b?x=1</i>"
+        async with client.post(server.url + "/web.dev", data=b"it") as resp:
+            assert resp.status == 201
+            assert resp.headers["X-Made"] == "yes"
+            assert await resp.read() == b"made it"
+        async with client.put(server.url + "/web.dev") as resp:
+            assert resp.status == 500
+            assert (await resp.text()).startswith("Error: failed to call PUT function: ")
+        status, _ = await server.stop(signal.SIGINT)
+    assert status == 0
+
+
+async def test_script_error_is_a_500_and_libraries_come_from_the_directory(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "greeting.lua").write_text('--* name: greet\nfunction Greet(n) return "hi " .. n end\n')
+    script = tmp_path / "lib.lua"
+    script.write_text(
+        "--* subject: funcs.lib\n--* name: lib\n--* require: greet\nfunction OnMessage(_, p) return Greet(p) end\n"
+    )
+    failing = tmp_path / "fail.lua"
+    failing.write_text((EXAMPLES / "fail.lua").read_text())
+    async with devhttp("-l", str(libs), str(script)) as server:
+        async with client.post(server.url + "/funcs.lib", data=b"John") as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"hi John"
+        await server.stop()
+    async with devhttp(str(failing)) as server:
+        async with client.post(server.url + "/funcs.fail") as resp:
+            assert resp.status == 500
+            assert (await resp.text()).startswith("Error: failed to call OnMessage function: ")
+        # A script file that disappears is a clear error, and the server keeps serving.
+        failing.unlink()
+        async with client.post(server.url + "/funcs.fail") as resp:
+            assert resp.status == 500
+            assert (await resp.text()).startswith("Error: failed to read the script file")
+        status, _ = await server.stop()
+    assert status == 0
+
+
+async def test_default_port_is_7634() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ENTRY, "devhttp", "--help", stdout=asyncio.subprocess.PIPE, env=cli_env()
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    assert "7634" in out.decode()
+
+
+async def test_missing_library_directory_fails_at_start(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        ENTRY,
+        "devhttp",
+        "-l",
+        str(tmp_path / "nope"),
+        str(EXAMPLES / "hello.lua"),
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    assert "failed to read librairies" in err.decode()
