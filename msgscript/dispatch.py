@@ -29,9 +29,7 @@ def no_scripts_error(subject: str) -> str:
 class Dispatcher:
     """Runs the scripts of a message; the one place where failures become error Results."""
 
-    def __init__(
-        self, store: Store, executors: Mapping[str, Executor], lock: Lock, *, script_timeout_s: float
-    ) -> None:
+    def __init__(self, store: Store, executors: Mapping[str, Executor], lock: Lock, *, script_timeout_s: float) -> None:
         self.store = store
         self._executors = executors
         self._lock = lock
@@ -92,8 +90,6 @@ class Dispatcher:
             log.exception("internal error running script=%s subject=%s", script.name, script.subject)
             return Result.failure(f"internal error: {exc}")
 
-    async def _run_with_backstop(
-        self, executor: Executor, script: Script, message: Message, ctx: RunContext
-    ) -> Result:
+    async def _run_with_backstop(self, executor: Executor, script: Script, message: Message, ctx: RunContext) -> Result:
         async with asyncio.timeout(ctx.timeout_s + _BACKSTOP_MARGIN_S):
             return await executor.run(script, message, ctx)

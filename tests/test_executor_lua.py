@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -586,6 +587,83 @@ async def test_runs_that_wait_on_io_proceed_in_parallel(nc: NatsClient) -> None:
 async def test_executor_requires_async_with() -> None:
     with pytest.raises(RuntimeError):
         await run(make_executor(), 'function OnMessage() return "x" end')
+
+
+# Inline executions on the event loop, and the move to a worker thread
+
+
+class WhereAmI:
+    """A pure test module that reports the thread it runs on."""
+
+    name = "where"
+
+    def __init__(self, inline_safe: bool) -> None:
+        self.inline_safe = inline_safe
+
+    def load(self, lua: Any, ctx: ModuleContext) -> object:
+        return {"thread": lambda: threading.current_thread().name}
+
+
+async def thread_of(script: str, payload: bytes = b"", *, inline_safe: bool = True) -> str:
+    async with make_executor(modules={"where": WhereAmI(inline_safe)}) as ex:
+        result = await run(ex, 'local where = require("where")\n' + script, payload)
+    assert result.payload is not None
+    return result.payload.decode()
+
+
+async def test_small_pure_scripts_run_on_the_event_loop() -> None:
+    assert await thread_of("function OnMessage() return where.thread() end") == threading.current_thread().name
+
+
+async def test_modules_that_may_block_run_on_workers() -> None:
+    name = await thread_of("function OnMessage() return where.thread() end", inline_safe=False)
+    assert name.startswith("msgscript-lua")
+
+
+@pytest.mark.parametrize(
+    "work",
+    [
+        "local n = 0 for i = 1, 3e6 do n = n + 1 end",
+        'local s = ("x"):rep(5000):find("y")',
+        'local s = ("ab"):match("a*a*a*a*a*b")',
+        'local s = ("x"):rep(2 * 1024 * 1024)',
+        "io.write('')",
+        "local t = os.tmpname() os.remove(t)",
+    ],
+)
+async def test_heavy_or_outside_work_moves_to_a_worker(work: str) -> None:
+    name = await thread_of(f"function OnMessage() {work} return where.thread() end")
+    assert name.startswith("msgscript-lua")
+
+
+async def test_large_payloads_go_to_a_worker() -> None:
+    script = "function OnMessage(s, p) return where.thread() .. #p end"
+    assert (await thread_of(script, b"x" * (64 * 1024 + 1))).startswith("msgscript-lua")
+
+
+async def test_moved_execution_has_its_effects_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "log.txt"
+    script = f"""
+        counter = (counter or 0) + 1
+        local n = 0
+        for i = 1, 1e5 do n = n + i end
+        function OnMessage()
+            os.execute("echo ran >> {log}")
+            print("printed once")
+            return tostring(counter) .. " " .. n
+        end
+    """
+    async with make_executor() as ex:
+        for _ in range(2):
+            assert (await run(ex, script)).payload == b"1 5000050000"
+    assert log.read_text() == "ran\nran\n"
+    assert capsys.readouterr().out.count("printed once") == 2
+
+
+async def test_cpu_heavy_script_completes_on_a_worker(executor: LuaExecutor) -> None:
+    script = "function OnMessage() local n = 0 for i = 1, 2e6 do n = n + 1 end return tostring(n) end"
+    for _ in range(2):
+        assert (await run(executor, script)).payload == b"2000000"
 
 
 # Number formatting

@@ -382,7 +382,7 @@ async def test_invalid_timeout_means_the_default(
 async def test_logs_the_start_and_every_request(
     start_gateway: GatewayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="msgscript")
+    caplog.set_level(logging.DEBUG, logger="msgscript")
     async with start_gateway() as gw, aiohttp.ClientSession() as client:
         assert f"Starting HTTP server on port {gw.port}" in caplog.messages
         async with client.post(gw.at("/funcs.hello"), data=b"John") as resp:

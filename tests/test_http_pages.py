@@ -237,3 +237,26 @@ async def test_no_browse_turns_the_pages_off(start_site: SiteFactory, client: ai
         # The gateway still works.
         async with client.post(url + "/funcs.hello", data=b"John") as resp:
             assert resp.status == 200
+
+
+def test_readme_comes_from_the_package_metadata_outside_a_checkout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from msgscript.http import readme
+
+    monkeypatch.setattr(readme, "_CHECKOUT_ROOT", tmp_path)
+    text = readme.find_readme()
+    assert text is not None
+    assert text.startswith("# msgscript")
+    assert '<h2 id="features">Features</h2>' in readme.render_readme()
+
+
+def test_readme_falls_back_to_a_short_page(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from msgscript.http import readme
+
+    monkeypatch.setattr(readme, "_CHECKOUT_ROOT", tmp_path)
+    monkeypatch.setattr(readme, "_DISTRIBUTION", "msgscript-not-installed")
+    assert readme.find_readme() is None
+    page = readme.render_readme()
+    assert '<h1 id="msgscript">msgscript</h1>' in page
+    assert '<a href="/_/list">Subjects</a>' in page

@@ -23,6 +23,11 @@ from msgscript.script import Script
 log = logging.getLogger(__name__)
 
 ENTRY_FUNCTION = "OnMessage"
+INLINE_BUDGET_S = 0.0002
+"""How long an execution may run on the event loop before it moves to a worker thread."""
+INLINE_MAX_PAYLOAD_BYTES = 64 * 1024
+"""Bigger payloads go straight to a worker: one C call over them could hold the event loop too long."""
+_REMEMBERED_SCRIPTS = 4096
 _INT64 = 2**63
 
 
@@ -54,7 +59,13 @@ def timeout_error(ctx: RunContext) -> str:
 
 
 class LuaExecutor:
-    """Runs Lua scripts on `threads` worker threads, each with its own long-lived sandboxed runtime.
+    """Runs Lua scripts in sandboxed Lua 5.1 runtimes, on the event loop or on `threads` worker threads.
+
+    Handing a script to a thread and back costs several times what a small script costs to run, so an
+    execution starts on the event loop with a CPU budget of INLINE_BUDGET_S. If it runs longer, or
+    reaches for anything that may block or act outside Lua (a module that is not `inline_safe`, `io`,
+    commands, `print`), it is abandoned at that point, before any effect, and run again from the start
+    on a worker thread; that script then always runs on workers. Each thread has its own runtime.
 
     Use it as an async context manager; the worker threads stop (after their current script) on exit.
     `run` returns the script's Result, or raises ScriptError (ScriptTimeout past the deadline).
@@ -78,8 +89,13 @@ class LuaExecutor:
         self._max_memory_bytes = max_memory_bytes
         self._threads = threads
         self._services = MappingProxyType(dict(services or {}))
+        # Modules that never wait on the event loop may be used by inline executions.
+        self._inline_modules = frozenset(
+            name for name, module in self._modules.items() if getattr(module, "inline_safe", False)
+        )
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
+        self._on_workers: set[object] = set()
 
     async def __aenter__(self) -> LuaExecutor:
         self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="msgscript-lua")
@@ -94,37 +110,66 @@ class LuaExecutor:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
 
     async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
-        """Run the script for the message on a worker thread, in a fresh environment."""
-        if self._pool is None:
+        """Run the script for the message in a fresh environment."""
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
         if time.monotonic() >= ctx.deadline:
             raise ScriptTimeout(timeout_error(ctx))
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._execute, script, message, ctx, loop)
+        # Keyed by the parts, not their concatenation: the parts' hashes are cached by the strings.
+        key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
+        if key not in self._on_workers and len(message.payload) <= INLINE_MAX_PAYLOAD_BYTES:
+            result = self._execute(script, message, ctx, loop, key, True)
+            if result is not None:
+                return result
+            if len(self._on_workers) >= _REMEMBERED_SCRIPTS:
+                self._on_workers.clear()
+            self._on_workers.add(key)
+        result = await loop.run_in_executor(pool, self._execute, script, message, ctx, loop, key, False)
+        if result is None:  # only inline executions move
+            raise RuntimeError("a worker execution asked to move")
+        return result
 
     def _sandbox(self) -> LuaSandbox:
         sandbox: LuaSandbox | None = getattr(self._local, "sandbox", None)
         if sandbox is None:
-            sandbox = LuaSandbox(self._modules, self._max_memory_bytes)
+            sandbox = LuaSandbox(self._modules, self._max_memory_bytes, self._inline_modules)
             self._local.sandbox = sandbox
         return sandbox
 
-    def _execute(self, script: Script, message: Message, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> Result:
+    def _execute(
+        self,
+        script: Script,
+        message: Message,
+        ctx: RunContext,
+        loop: asyncio.AbstractEventLoop,
+        key: object,
+        inline: bool,
+    ) -> Result | None:
+        """Run one execution on this thread; None when an inline execution has to move to a worker."""
         sandbox = self._sandbox()
         execution = Execution(deadline=ctx.deadline, loop=loop, nats=self._nats, env=self._env, services=self._services)
-        # Keyed by the parts, not their concatenation: the parts' hashes are cached by the strings.
-        key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
         sources = (*ctx.libraries, script.content)
+        inline_until = min(ctx.deadline, time.monotonic() + INLINE_BUDGET_S) if inline else 0.0
         try:
             if script.html:
                 entry, first = _encode(message.method), _encode(message.url)
             else:
                 entry, first = b"OnMessage", _encode(message.subject)
             outcome = sandbox.run(
-                key, sources, html=script.html, entry=entry, args=(first, message.payload), execution=execution
+                key,
+                sources,
+                html=script.html,
+                entry=entry,
+                args=(first, message.payload),
+                execution=execution,
+                inline_until=inline_until,
             )
         finally:
             execution.close()
+        if outcome.status is Status.ESCALATE:
+            return None
         return _result(script, message, ctx, outcome)
 
 

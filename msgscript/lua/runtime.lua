@@ -1,7 +1,8 @@
 -- The Lua half of the msgscript sandbox (Lua 5.1), run once per runtime with the Python callbacks.
 -- It only uses locals captured at start, so nothing a script does to its environment reaches it.
 -- Returns the driver (one execution), the reset (after an escaped error) and the guard factory.
-local monotonic, py_arm, py_disarm, py_load, py_workdir, py_write, py_shell, module_names, hook_count, TIMEOUT = ...
+local monotonic, py_arm, py_disarm, py_load, py_workdir, py_write, py_shell = ...
+local module_names, inline_modules, hook_count, TIMEOUT, ESCALATE = select(8, ...)
 
 local type, next, select, tostring, tonumber, error, pcall, xpcall = type, next, select, tostring, tonumber, error, pcall, xpcall
 local rawget, rawset, setmetatable, getmetatable = rawget, rawset, setmetatable, getmetatable
@@ -24,15 +25,33 @@ local STRMT = getmetatable("")
 
 -- State of the execution in progress (one at a time per runtime).
 local active, expired, deadline = false, false, 0
+-- An inline execution runs on the daemon's event loop: it must stay short and may not block or touch
+-- anything outside Lua. At the first attempt to, it is abandoned (escalated) and run again on a worker.
+local inline, escalated, budget = false, false, 0
 local cur_env, cur_chunk, wd = nil, nil, nil
 local DETACHED = {}
 local threads, nthreads = {}, 0
 local io_touched = false
 
 local function hook()
-  if active and (expired or monotonic() > deadline) then
+  if not active then return end
+  if expired then error(TIMEOUT, 0) end
+  if escalated then error(ESCALATE, 0) end
+  local now = monotonic()
+  if now > deadline then
     expired = true
     error(TIMEOUT, 0)
+  end
+  if inline and now > budget then
+    escalated = true
+    error(ESCALATE, 0)
+  end
+end
+
+local function escalate()
+  if inline then
+    escalated = true
+    error(ESCALATE, 0)
   end
 end
 sethook(hook, "", hook_count)
@@ -40,6 +59,7 @@ sethook(hook, "", hook_count)
 -- Once the deadline passed, nothing may swallow the timeout error.
 local function after_pcall(ok, ...)
   if expired then error(TIMEOUT, 0) end
+  if escalated then error(ESCALATE, 0) end
   return ok, ...
 end
 
@@ -52,9 +72,12 @@ end
 -- while it pushes their results; their failures come back as (false, message).
 local function finish(ok, good, ...)
   if not ok then good = errtext(good) end
-  if py_arm() then
+  local state = py_arm()
+  if state == 1 then
     expired = true
     error(TIMEOUT, 0)
+  elseif state == 2 then
+    escalate()
   end
   if ok and good then return ... end
   -- Level 3: finish is tail-called by the guard, and Lua 5.1 counts the lost frame.
@@ -72,6 +95,7 @@ end
 local load_module, get_workdir, write, shell = guard(py_load), guard(py_workdir), guard(py_write), guard(py_shell)
 
 local function workdir()
+  escalate()
   if wd == nil then wd = get_workdir() end
   return wd
 end
@@ -108,6 +132,7 @@ end
 
 local function after_wrap(ok, ...)
   if expired then error(TIMEOUT, 0) end
+  if escalated then error(ESCALATE, 0) end
   if not ok then error((...), 0) end
   return ...
 end
@@ -122,10 +147,22 @@ end
 
 local SAFE_OS = copy(os)
 SAFE_OS.exit = function() error("os.exit is not allowed", 2) end
-SAFE_OS.remove = function(path) return os_remove(resolve(path)) end
-SAFE_OS.rename = function(from, to) return os_rename(resolve(from), resolve(to)) end
+SAFE_OS.remove = function(path)
+  escalate()
+  return os_remove(resolve(path))
+end
+SAFE_OS.rename = function(from, to)
+  escalate()
+  return os_rename(resolve(from), resolve(to))
+end
+local os_tmpname = os.tmpname
+SAFE_OS.tmpname = function()
+  escalate()
+  return os_tmpname()
+end
 -- Commands run in the scratch directory and are killed at the deadline (Python's subprocess).
 SAFE_OS.execute = function(cmd)
+  escalate()
   if cmd == nil then return 1 end
   if type(cmd) ~= "string" then
     error("bad argument #1 to 'execute' (string expected, got " .. type(cmd) .. ")", 2)
@@ -300,8 +337,62 @@ SAFE_DEBUG.setupvalue = function(f, i, v)
   return dsetupvalue(f, i, v)
 end
 
+-- A single C call cannot be interrupted by the hook, so an inline execution moves to a worker before
+-- pattern matching on long subjects or with many quantifiers (backtracking), or building huge strings.
+local INLINE_SUBJECT_BYTES, INLINE_QUANTIFIERS, INLINE_REP_BYTES = 4096, 4, 1024 * 1024
+local heavy_patterns, nheavy = {}, 0
+
+local function quantifiers(p)
+  local verdict = heavy_patterns[p]
+  if verdict == nil then
+    local n = 0
+    for i = 1, #p do
+      local c = byte(p, i)
+      if c == 42 or c == 43 or c == 45 or c == 63 then n = n + 1 end
+    end
+    verdict = n > INLINE_QUANTIFIERS
+    if nheavy >= 256 then heavy_patterns, nheavy = {}, 0 end
+    heavy_patterns[p], nheavy = verdict, nheavy + 1
+  end
+  return verdict
+end
+
+local function check_pattern(s, p, plain)
+  if (type(s) == "string" and #s > INLINE_SUBJECT_BYTES) or (not plain and type(p) == "string" and quantifiers(p)) then
+    escalate()
+  end
+end
+
+local SAFE_STRING = copy(string)
+do
+  local find, match, gmatch, gsub, rep = string.find, string.match, string.gmatch, string.gsub, string.rep
+  SAFE_STRING.find = function(s, p, init, plain)
+    if inline then check_pattern(s, p, plain) end
+    return find(s, p, init, plain)
+  end
+  SAFE_STRING.match = function(s, p, init)
+    if inline then check_pattern(s, p) end
+    return match(s, p, init)
+  end
+  SAFE_STRING.gmatch = function(s, p)
+    if inline then check_pattern(s, p) end
+    return gmatch(s, p)
+  end
+  SAFE_STRING.gsub = function(s, p, repl, n)
+    if inline then check_pattern(s, p) end
+    return gsub(s, p, repl, n)
+  end
+  SAFE_STRING.rep = function(s, n)
+    if inline and type(n) == "number" and (type(s) == "string" or type(s) == "number")
+        and #tostring(s) * n > INLINE_REP_BYTES then
+      escalate()
+    end
+    return rep(s, n)
+  end
+end
+
 local SAFE = {
-  string = string, table = table, math = math, os = SAFE_OS, io = SAFE_IO,
+  string = SAFE_STRING, table = table, math = math, os = SAFE_OS, io = SAFE_IO,
   coroutine = SAFE_CO, debug = SAFE_DEBUG,
 }
 
@@ -338,6 +429,7 @@ BASE_REAL.collectgarbage = function(opt, arg)
 end
 
 BASE_REAL.print = function(...)
+  escalate()
   local n = select("#", ...)
   local parts = {}
   for i = 1, n do parts[i] = tostring((select(i, ...))) end
@@ -414,6 +506,7 @@ BASE_REAL.require = function(name)
   if value ~= nil then return value end
   local loader = pkg.preload[name]
   if loader == nil and module_names[name] then
+    if not inline_modules[name] then escalate() end
     value = load_module(name)
     if value == nil then value = true end
     loaded[name] = value
@@ -440,6 +533,8 @@ setmetatable(BASE_REAL, {
     if env == nil then return nil end
     local template = SAFE[k]
     if template ~= nil then
+      -- Every io function touches files or the daemon's standard streams.
+      if k == "io" then escalate() end
       local c = copy(template)
       rawset(env, k, c)
       if k == "string" then STRMT.__index = c end
@@ -469,7 +564,7 @@ local BASE = setmetatable({}, {
 -- Method calls on strings go through this until the execution copies `string`.
 local STRING_RO = setmetatable({}, {
   __metatable = false,
-  __index = string,
+  __index = SAFE_STRING,
   __newindex = function(_, k, v)
     if cur_env ~= nil then cur_env.string[k] = v end
   end,
@@ -481,7 +576,7 @@ local function clear(t)
 end
 
 local function cleanup()
-  active = false
+  active, inline = false, false
   cur_env, wd = nil, nil
   -- The cached chunk must not keep the finished execution's globals alive.
   if cur_chunk ~= nil then
@@ -510,6 +605,7 @@ end
 
 local function handler(msg)
   if expired then return TIMEOUT end
+  if escalated then return ESCALATE end
   if type(msg) ~= "string" then msg = tostring(msg) end
   -- A position inside the sandbox's own wrappers says nothing to the script's author.
   msg = gsub(msg, "^msgscript:%d+: ", "")
@@ -561,11 +657,13 @@ local function finish_call(ok, ...)
   cleanup()
   if ok then return 0, ... end
   if expired then return 4 end
+  if escalated then return 5 end
   return 3, (...)
 end
 
-local function run(chunk, html, fname, a, b, dl)
-  deadline, expired = dl, false
+local function run(chunk, html, fname, a, b, dl, inline_until)
+  deadline, expired, escalated = dl, false, false
+  inline, budget = inline_until > 0, inline_until
   local env = setmetatable({}, {__index = BASE})
   cur_env, cur_chunk = env, chunk
   setfenv(chunk, env)
@@ -574,6 +672,7 @@ local function run(chunk, html, fname, a, b, dl)
   if not ok then
     cleanup()
     if expired then return 4 end
+    if escalated then return 5 end
     return 1, err
   end
   local fn = rawget(env, fname)
@@ -581,9 +680,10 @@ local function run(chunk, html, fname, a, b, dl)
     ok, fn = pcall(index, env, fname)
     if not ok then fn = nil end
   end
-  if expired or fn == nil then
+  if expired or escalated or fn == nil then
     cleanup()
     if expired then return 4 end
+    if escalated then return 5 end
     return 2
   end
   cur_fn, cur_a, cur_b = fn, a, b

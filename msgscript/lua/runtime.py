@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from enum import IntEnum
 from importlib.resources import files
 from typing import Any, NamedTuple
@@ -43,6 +43,7 @@ COMPILE_CACHE_SIZE = 512
 COLLECT_ABOVE_BYTES = 16 * 1024 * 1024
 """A full collection runs after an execution that left the runtime holding more than this."""
 TIMEOUT_MESSAGE = "script timed out"
+ESCALATE_MESSAGE = "msgscript: this execution needs a worker thread"
 _ARM_HEADROOM_BYTES = 64 * 1024
 _INT64 = 2**63
 _BOOTSTRAP = files("msgscript.lua").joinpath("runtime.lua").read_bytes()
@@ -60,6 +61,8 @@ class Status(IntEnum):
     """The entry function is not defined (or the entry name is empty)."""
     CALL_ERROR = 3
     TIMEOUT = 4
+    ESCALATE = 5
+    """An inline execution was abandoned before any outside effect: run it again on a worker thread."""
 
 
 # A NamedTuple rather than a frozen dataclass: it is built once per execution and the dataclass
@@ -200,12 +203,15 @@ def lua_number_text(value: float) -> str:
 class LuaSandbox:
     """One Lua 5.1 runtime with its compile cache; not thread-safe (one per worker thread)."""
 
-    def __init__(self, modules: Mapping[str, LuaModule], max_memory_bytes: int) -> None:
+    def __init__(
+        self, modules: Mapping[str, LuaModule], max_memory_bytes: int, inline_modules: Collection[str] = ()
+    ) -> None:
         self._modules = dict(modules)
         self._max_memory = max_memory_bytes
         self._cache: OrderedDict[Hashable, Any] = OrderedDict()
         self._current: Execution | None = None
         self._limit = 0
+        self._inline_until = 0.0
         self.lua = lupa51.LuaRuntime(
             encoding=None,
             register_eval=False,
@@ -215,6 +221,7 @@ class LuaSandbox:
             max_memory=0,
         )
         names = self.lua.table_from({name.encode(): True for name in self._modules})
+        inline_names = self.lua.table_from({name.encode(): True for name in inline_modules})
         boot = self.lua.compile(_BOOTSTRAP, name="=msgscript")
         self._driver, self._reset, self._guard = boot(
             time.monotonic,
@@ -225,8 +232,10 @@ class LuaSandbox:
             self._write,
             self._shell,
             names,
+            inline_names,
             HOOK_INSTRUCTIONS,
             TIMEOUT_MESSAGE.encode(),
+            ESCALATE_MESSAGE.encode(),
         )
         # lupa releases registry references lazily when another thread holds the runtime, and its free
         # list then needs registry slot 0: create that slot now rather than under the memory cap.
@@ -241,11 +250,15 @@ class LuaSandbox:
         entry: bytes,
         args: tuple[bytes, bytes],
         execution: Execution,
+        inline_until: float = 0.0,
     ) -> Outcome:
         """Run the chunk made of `sources` (joined by newlines) in a fresh environment, then call `entry`.
 
         `key` identifies the sources in the compile cache. The entry global is called with `args`; in
         HTML mode its three results come back converted (body, status, then header keys and values).
+        With `inline_until` (a time.monotonic() value) the execution is inline: it ends with ESCALATE
+        when it runs past that time or first reaches for something that may block or have effects
+        outside Lua (files, commands, print, modules other than `inline_modules`).
         """
         chunk = self._chunk(key, sources)
         if isinstance(chunk, str):
@@ -256,15 +269,21 @@ class LuaSandbox:
         # resize of Lua's string table (bounded by what the runtime already holds).
         self._limit = 2 * used + self._max_memory + len(args[0]) + len(args[1]) + _ARM_HEADROOM_BYTES
         self._current = execution
+        self._inline_until = inline_until
         lua.set_max_memory(self._limit, total=True)
         try:
-            raw = self._driver(chunk, html, entry, args[0], args[1], execution.deadline)
+            raw = self._driver(chunk, html, entry, args[0], args[1], execution.deadline, inline_until)
         except LuaError as exc:
             # Only a memory error or a late timeout in the driver's own bookkeeping gets here.
             lua.set_max_memory(0)
             self._reset()
             text = error_text(exc)
-            raw = (int(Status.TIMEOUT),) if text == TIMEOUT_MESSAGE else (int(Status.CALL_ERROR), text)
+            if text == TIMEOUT_MESSAGE:
+                raw = (int(Status.TIMEOUT),)
+            elif text == ESCALATE_MESSAGE:
+                raw = (int(Status.ESCALATE),)
+            else:
+                raw = (int(Status.CALL_ERROR), text)
         finally:
             lua.set_max_memory(0)
             self._current = None
@@ -291,10 +310,14 @@ class LuaSandbox:
 
     # Called from Lua without the guard: they must not push anything that allocates.
 
-    def _arm(self) -> bool:
+    def _arm(self) -> int:
+        """Put the cap back on after a Python call; 1 when the deadline passed, 2 past the inline budget."""
         self.lua.set_max_memory(self._limit, total=True)
+        now = time.monotonic()
         current = self._current
-        return current is not None and time.monotonic() > current.deadline
+        if current is not None and now > current.deadline:
+            return 1
+        return 2 if 0 < self._inline_until < now else 0
 
     def _disarm(self) -> None:
         self.lua.set_max_memory(0)

@@ -176,6 +176,8 @@ class JsonModule:
     """Builds the `json` table for one execution."""
 
     name = "json"
+    inline_safe = True
+    """Pure computation: scripts using it may run on the event loop."""
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{encode = ..., decode = ...}`."""
