@@ -1,4 +1,4 @@
-"""The Lua executor: `OnMessage` and HTML-verb scripts in sandboxed Lua 5.1 runtimes on worker threads."""
+"""The Lua executor: `OnMessage` and HTML-verb scripts in sandboxed Lua 5.1 runtimes."""
 
 from __future__ import annotations
 

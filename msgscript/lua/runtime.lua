@@ -4,7 +4,8 @@
 local monotonic, py_arm, py_disarm, py_load, py_workdir, py_write, py_shell = ...
 local module_names, inline_modules, hook_count, TIMEOUT, ESCALATE = select(8, ...)
 
-local type, next, select, tostring, tonumber, error, pcall, xpcall = type, next, select, tostring, tonumber, error, pcall, xpcall
+local type, next, select, tostring, tonumber = type, next, select, tostring, tonumber
+local error, pcall, xpcall = error, pcall, xpcall
 local rawget, rawset, setmetatable, getmetatable = rawget, rawset, setmetatable, getmetatable
 local getfenv, setfenv, unpack, loadstring, load, loadfile = getfenv, setfenv, unpack, loadstring, load, loadfile
 local collectgarbage = collectgarbage
@@ -106,7 +107,6 @@ local function resolve(path)
   end
   return path
 end
-
 
 local function copy(t)
   local c = {}
@@ -358,9 +358,8 @@ local function quantifiers(p)
 end
 
 local function check_pattern(s, p, plain)
-  if (type(s) == "string" and #s > INLINE_SUBJECT_BYTES) or (not plain and type(p) == "string" and quantifiers(p)) then
-    escalate()
-  end
+  if type(s) == "string" and #s > INLINE_SUBJECT_BYTES then escalate() end
+  if not plain and type(p) == "string" and quantifiers(p) then escalate() end
 end
 
 local SAFE_STRING = copy(string)

@@ -1,10 +1,10 @@
 """A sandboxed, long-lived Lua 5.1 runtime that runs one execution at a time, each in a fresh environment.
 
-One `LuaSandbox` belongs to one worker thread. Scripts are compiled once (cached by source) and each
-execution gets a new global table whose misses fall through to a shared, write-protected base; the
-standard library tables are copied into the execution's environment on first use, so nothing a script
-changes outlives it. A count hook enforces the deadline and lupa's allocator enforces the memory cap.
-The Lua half lives in `runtime.lua`.
+One `LuaSandbox` belongs to one thread (a worker, or the event loop for inline executions). Scripts
+are compiled once (cached by source) and each execution gets a new global table whose misses fall
+through to a shared, write-protected base; the standard library tables are copied into the
+execution's environment on first use, so nothing a script changes outlives it. A count hook enforces
+the deadline and lupa's allocator enforces the memory cap. The Lua half lives in `runtime.lua`.
 
 The cap is on only while Lua runs: lupa deadlocks or aborts when an allocation fails while Python pushes
 a value into Lua, so every Python function reachable from a script is wrapped by a Lua guard that lifts
