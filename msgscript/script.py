@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from msgscript import _gojson
 from msgscript.durations import parse_duration
@@ -127,16 +127,7 @@ def _with_extensions(script: Script, ext: dict[str, str]) -> Script:
         if timeout_s <= 0:
             raise ScriptParseError(f"invalid timeout header {raw!r}: must be positive")
     lock = parse_bool(ext.get("lock", "").strip())
-    return Script(
-        subject=script.subject,
-        name=script.name,
-        content=script.content,
-        executor=script.executor,
-        html=script.html,
-        libraries=script.libraries,
-        timeout_s=timeout_s,
-        lock=lock,
-    )
+    return replace(script, timeout_s=timeout_s, lock=lock)
 
 
 def parse_script(text: str) -> Script:

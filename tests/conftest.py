@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 
@@ -63,3 +64,9 @@ def make_daemon(nats_server: NatsServer, fixture_dirs: tuple[Path, Path]) -> Dae
 async def daemon(make_daemon: DaemonFactory) -> AsyncIterator[Dispatcher]:
     async with make_daemon() as dispatcher:
         yield dispatcher
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        yield session

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +30,13 @@ def missing(what: str) -> None:
     if require_services():
         pytest.fail(f"{what} is required (MSGSCRIPT_REQUIRE_SERVICES is set)")
     pytest.skip(f"{what} is not available")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def nats_server_binary() -> str:

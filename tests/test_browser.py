@@ -7,7 +7,6 @@ import base64
 import contextlib
 import itertools
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import DaemonFactory
-from tests.servers import missing
+from tests.servers import free_port, missing
 
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -36,12 +35,6 @@ CHROMIUM_FLAGS = (
     "--window-size=1100,800",
     "--remote-debugging-port=0",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chromium_binary() -> str:

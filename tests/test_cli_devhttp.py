@@ -6,25 +6,19 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import pytest
+
+from tests.servers import free_port
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 STARTUP_TIMEOUT_S = 20.0
 ENTRY = "from msgscript.cli.main import main; main()"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli_env() -> dict[str, str]:
@@ -85,12 +79,6 @@ async def devhttp(*args: str) -> AsyncIterator[DevServer]:
         if proc.returncode is None:
             proc.kill()
             await proc.communicate()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def test_serves_the_script_as_plain_text_and_rereads_it(tmp_path: Path, client: aiohttp.ClientSession) -> None:

@@ -13,17 +13,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from tests.servers import run_nats_server
+from tests.servers import free_port, run_nats_server
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
 STARTUP_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def server_env() -> dict[str, str]:

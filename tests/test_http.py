@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from yarl import URL
 
 from tests.conftest import DaemonFactory
+from tests.servers import free_port
 
 HELLO_JOHN = (
     b'[{"http_code":0,"error":"","http_headers":null,"is_html":false,'
@@ -76,12 +77,6 @@ function PUT(url, body) return "odd", 200, {["Content-Length"] = "999", ["X-Ok"]
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Gateway:
     url: str
@@ -118,12 +113,6 @@ def start_gateway(make_daemon: DaemonFactory, extra_scripts: None) -> GatewayFac
 async def gateway(start_gateway: GatewayFactory) -> AsyncIterator[Gateway]:
     async with start_gateway() as gw:
         yield gw
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import html
 import re
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,9 @@ import pytest
 
 from tests.conftest import DaemonFactory
 from tests.fixtures import SCRIPTS
+from tests.servers import free_port
 
 HTML_UTF8 = "text/html; charset=utf-8"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 SiteFactory = Callable[..., contextlib.AbstractAsyncContextManager[str]]
@@ -46,12 +40,6 @@ def start_site(make_daemon: DaemonFactory) -> SiteFactory:
 async def site(start_site: SiteFactory) -> AsyncIterator[str]:
     async with start_site() as url:
         yield url
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 async def fetch(client: aiohttp.ClientSession, url: str, method: str = "GET") -> tuple[int, str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -107,15 +108,7 @@ def dev(
     if not name:
         raise CommandFailed("name is required")
     executor = obj.get("executor") or script.executor
-    script = Script(
-        subject=subject,
-        name=name,
-        content=script.content,
-        executor=executor,
-        html=script.html,
-        libraries=script.libraries,
-        timeout_s=script.timeout_s,
-    )
+    script = replace(script, subject=subject, name=name, executor=executor)
     payload = input_.encode("utf-8", "surrogateescape")
     if input_ and Path(input_).is_file():
         payload = Path(input_).read_bytes()
