@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from msgscript.config import Settings
+from msgscript.errors import ConfigError
 from msgscript.executors.base import Executor
 from msgscript.executors.lua import LuaExecutor
 from msgscript.executors.stubs import UnavailableExecutor
 from msgscript.lua.modules import builtin_modules
+from msgscript.plugins import load_plugins
+from msgscript.services import open_services
 
 __all__ = ["Executor", "open_executors"]
 
@@ -19,16 +22,29 @@ __all__ = ["Executor", "open_executors"]
 async def open_executors(
     settings: Settings, nc: Any | None, services: Mapping[str, Any] | None = None
 ) -> AsyncIterator[dict[str, Executor]]:
-    """Open every executor for the daemon's (or a CLI run's) lifetime."""
+    """Open every executor for the daemon's (or a CLI run's) lifetime, with the shared clients they use.
+
+    `services` replaces or adds to the shared clients of `open_services`.
+
+    Raises:
+        ConfigError: a plugin failed to load.
+    """
+    modules = builtin_modules()
+    try:
+        modules |= load_plugins(settings.plugin_dir, settings.env, modules)
+    except ConfigError as exc:
+        raise ConfigError(f"failed to read plugins: {exc}") from exc
     async with contextlib.AsyncExitStack() as stack:
+        shared = await stack.enter_async_context(open_services(settings))
+        shared.update(services or {})
         lua = await stack.enter_async_context(
             LuaExecutor(
-                modules=builtin_modules(),
+                modules=modules,
                 nats=nc,
                 env=settings.env,
                 max_memory_bytes=settings.max_memory_bytes,
                 threads=settings.lua_threads,
-                services=services or {},
+                services=shared,
             )
         )
         executors: dict[str, Executor] = {

@@ -24,6 +24,14 @@ class ModuleContext:
     """Returns the execution's scratch directory, creating it on first use."""
     services: Mapping[str, Any]
     """Shared clients opened by the daemon (e.g. "etcd"), looked up by name."""
+    to_lua: Callable[[object], object]
+    """Converts a Python value for Lua: str → string, dict/list → table, a callable → a Lua function.
+
+    A module that hands Python functions to Lua code of its own must pass them through this: Lua then
+    calls them with the memory cap lifted, and their exceptions become Lua errors. (What `load` returns
+    is converted already.)"""
+    on_close: Callable[[Callable[[], object]], None]
+    """Registers a callback run when the execution ends, however it ends: close what the script left open."""
 
     def remaining_s(self) -> float:
         """Seconds left before the execution's deadline (never negative)."""
@@ -50,3 +58,18 @@ class LuaModule(Protocol):
     name: str
 
     def load(self, lua: Any, ctx: ModuleContext) -> object: ...
+
+
+def lua_chunk(lua: Any, name: str, source: bytes) -> Any:
+    """Run a module's own Lua source once per runtime and return (and remember) what it returns.
+
+    For the parts of a module easier written in Lua. The chunk runs in the runtime's own globals, not
+    in a script's environment. Python functions handed to what it returns must go through ctx.to_lua.
+    """
+    key = b"__msgscript_chunk_" + name.encode()
+    store = lua.globals()
+    value = store[key]
+    if value is None:
+        value = lua.compile(source, name=f"={name}")()
+        store[key] = value
+    return value

@@ -81,7 +81,7 @@ _STATUSES = tuple(Status)
 class Execution:
     """Per-execution resources: the deadline, the lazily created scratch directory and module context."""
 
-    __slots__ = ("_context", "_workdir", "deadline", "env", "loop", "nats", "services")
+    __slots__ = ("_cleanups", "_context", "_workdir", "deadline", "env", "loop", "nats", "services")
 
     def __init__(
         self,
@@ -99,6 +99,7 @@ class Execution:
         self.services = services
         self._workdir: str | None = None
         self._context: ModuleContext | None = None
+        self._cleanups: list[Callable[[], object]] = []
 
     def workdir(self) -> str:
         """The execution's scratch directory, created on first use."""
@@ -106,7 +107,7 @@ class Execution:
             self._workdir = tempfile.mkdtemp(prefix="msgscript-lua-")
         return self._workdir
 
-    def module_context(self) -> ModuleContext:
+    def module_context(self, to_lua: Callable[[object], object]) -> ModuleContext:
         """The context handed to LuaModule.load, created on first use."""
         if self._context is None:
             self._context = ModuleContext(
@@ -116,11 +117,19 @@ class Execution:
                 deadline=self.deadline,
                 workdir=self.workdir,
                 services=self.services,
+                to_lua=to_lua,
+                on_close=self._cleanups.append,
             )
         return self._context
 
     def close(self) -> None:
-        """Remove the scratch directory, if one was made."""
+        """Run the modules' cleanups (last registered first), then remove the scratch directory."""
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                cleanup()
+            except Exception:
+                log.warning("a Lua module's cleanup failed", exc_info=True)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
@@ -329,7 +338,7 @@ class LuaSandbox:
         try:
             if self._current is None:
                 raise RuntimeError("no execution is running")
-            value = self._modules[text].load(self.lua, self._current.module_context())
+            value = self._modules[text].load(self.lua, self._current.module_context(self.to_lua))
             return (True, self.to_lua(value, fix_tables=True))
         except Exception as exc:
             log.debug("loading Lua module %s failed", text, exc_info=True)

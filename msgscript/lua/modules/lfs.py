@@ -1,0 +1,15 @@
+"""The `lfs` Lua module (being written: requiring it raises an error until then)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _Pending:
+    name = "lfs"
+
+    def load(self, lua: Any, ctx: Any) -> object:
+        raise RuntimeError("module 'lfs' is not implemented yet")
+
+
+module = _Pending()

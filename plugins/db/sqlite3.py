@@ -1,0 +1,15 @@
+"""The `sqlite3` Lua module (being written: requiring it raises an error until then)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class _Pending:
+    name = "sqlite3"
+
+    def load(self, lua: Any, ctx: Any) -> object:
+        raise RuntimeError("module 'sqlite3' is not implemented yet")
+
+
+module = _Pending()
