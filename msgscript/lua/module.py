@@ -21,7 +21,11 @@ class ModuleContext:
     env: Mapping[str, str]
     deadline: float
     workdir: Callable[[], str]
-    """Returns the execution's scratch directory, creating it on first use."""
+    """Returns the execution's current directory: where relative paths resolve. It starts as a scratch
+    directory of its own (created on first use, removed when the execution ends); the process's working
+    directory is never used or changed."""
+    chdir: Callable[[str], None]
+    """Moves the execution's current directory (lfs.chdir); raises OSError if the path is not a directory."""
     services: Mapping[str, Any]
     """Shared clients opened by the daemon (e.g. "etcd"), looked up by name."""
     to_lua: Callable[[object], object]

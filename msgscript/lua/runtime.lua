@@ -29,7 +29,7 @@ local active, expired, deadline = false, false, 0
 -- An inline execution runs on the daemon's event loop: it must stay short and may not block or touch
 -- anything outside Lua. At the first attempt to, it is abandoned (escalated) and run again on a worker.
 local inline, escalated, budget = false, false, 0
-local cur_env, cur_chunk, wd = nil, nil, nil
+local cur_env, cur_chunk = nil, nil
 local DETACHED = {}
 local threads, nthreads = {}, 0
 local io_touched = false
@@ -95,10 +95,10 @@ end
 
 local load_module, get_workdir, write, shell = guard(py_load), guard(py_workdir), guard(py_write), guard(py_shell)
 
+-- Asked every time: lfs.chdir may have moved the execution's current directory.
 local function workdir()
   escalate()
-  if wd == nil then wd = get_workdir() end
-  return wd
+  return get_workdir()
 end
 
 local function resolve(path)
@@ -479,7 +479,11 @@ local function search_path(name, path)
   for template in gmatch(path, "[^;]+") do
     local filename = gsub(template, "%?", file)
     local real = filename
-    if byte(filename, 1) ~= 47 then real = wd and (wd .. "/" .. filename) end
+    if byte(filename, 1) ~= 47 then
+      -- Only an existing scratch directory is searched: a miss must not create one.
+      local wd = get_workdir(false)
+      real = wd and (wd .. "/" .. filename)
+    end
     local fh = real and io_open(real, "r")
     if fh then
       fh:close()
@@ -576,7 +580,7 @@ end
 
 local function cleanup()
   active, inline = false, false
-  cur_env, wd = nil, nil
+  cur_env = nil
   -- The cached chunk must not keep the finished execution's globals alive.
   if cur_chunk ~= nil then
     setfenv(cur_chunk, DETACHED)

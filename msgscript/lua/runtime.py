@@ -81,7 +81,7 @@ _STATUSES = tuple(Status)
 class Execution:
     """Per-execution resources: the deadline, the lazily created scratch directory and module context."""
 
-    __slots__ = ("_cleanups", "_context", "_workdir", "deadline", "env", "loop", "nats", "services")
+    __slots__ = ("_cleanups", "_context", "_cwd", "_workdir", "deadline", "env", "loop", "nats", "services")
 
     def __init__(
         self,
@@ -98,14 +98,32 @@ class Execution:
         self.env = env
         self.services = services
         self._workdir: str | None = None
+        self._cwd: str | None = None
         self._context: ModuleContext | None = None
         self._cleanups: list[Callable[[], object]] = []
 
     def workdir(self) -> str:
-        """The execution's scratch directory, created on first use."""
-        if self._workdir is None:
-            self._workdir = tempfile.mkdtemp(prefix="msgscript-lua-")
-        return self._workdir
+        """The execution's current directory: its scratch directory (created on first use) unless chdir moved it."""
+        if self._cwd is None:
+            self._workdir = self._cwd = tempfile.mkdtemp(prefix="msgscript-lua-")
+        return self._cwd
+
+    def has_workdir(self) -> bool:
+        """Whether the execution has a current directory yet (without creating one)."""
+        return self._cwd is not None
+
+    def chdir(self, path: str) -> None:
+        """Move the execution's current directory (a relative path starts from the current one).
+
+        Raises:
+            OSError: path is not a directory.
+        """
+        target = os.path.normpath(os.path.join(self.workdir(), path))
+        if not os.path.isdir(target):
+            raise NotADirectoryError(
+                f"{path}: not a directory" if os.path.exists(target) else f"{path}: no such directory"
+            )
+        self._cwd = target
 
     def module_context(self, to_lua: Callable[[object], object]) -> ModuleContext:
         """The context handed to LuaModule.load, created on first use."""
@@ -116,6 +134,7 @@ class Execution:
                 env=self.env,
                 deadline=self.deadline,
                 workdir=self.workdir,
+                chdir=self.chdir,
                 services=self.services,
                 to_lua=to_lua,
                 on_close=self._cleanups.append,
@@ -132,7 +151,7 @@ class Execution:
                 log.warning("a Lua module's cleanup failed", exc_info=True)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
+            self._workdir = self._cwd = None
 
 
 def _deny_get(obj: object, name: object) -> object:
@@ -344,10 +363,12 @@ class LuaSandbox:
             log.debug("loading Lua module %s failed", text, exc_info=True)
             return (False, f"error loading module '{text}': {error_text(exc)}".encode())
 
-    def _workdir(self) -> tuple[object, ...]:
+    def _workdir(self, create: bool = True) -> tuple[object, ...]:
         try:
             if self._current is None:
                 raise RuntimeError("no execution is running")
+            if not create and not self._current.has_workdir():
+                return (True, None)
             return (True, self._current.workdir().encode("utf-8", "surrogateescape"))
         except Exception as exc:
             return (False, f"failed to create temp directory: {error_text(exc)}".encode())
