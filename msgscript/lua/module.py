@@ -36,6 +36,9 @@ class ModuleContext:
     is converted already.)"""
     on_close: Callable[[Callable[[], object]], None]
     """Registers a callback run when the execution ends, however it ends: close what the script left open."""
+    set_global: Callable[[str, object], None]
+    """Defines a global in the requiring script's environment (as requiring `etcd` defines `EtcdKV`);
+    called from `load`, it takes effect when `require` returns. The value is converted like `load`'s."""
 
     def remaining_s(self) -> float:
         """Seconds left before the execution's deadline (never negative)."""

@@ -510,7 +510,11 @@ BASE_REAL.require = function(name)
   local loader = pkg.preload[name]
   if loader == nil and module_names[name] then
     if not inline_modules[name] then escalate() end
-    value = load_module(name)
+    local globals
+    value, globals = load_module(name)
+    if globals ~= nil then
+      for k, v in next, globals do cur_env[k] = v end
+    end
     if value == nil then value = true end
     loaded[name] = value
     return value

@@ -81,7 +81,7 @@ _STATUSES = tuple(Status)
 class Execution:
     """Per-execution resources: the deadline, the lazily created scratch directory and module context."""
 
-    __slots__ = ("_cleanups", "_context", "_cwd", "_workdir", "deadline", "env", "loop", "nats", "services")
+    __slots__ = ("_cleanups", "_context", "_cwd", "_globals", "_workdir", "deadline", "env", "loop", "nats", "services")
 
     def __init__(
         self,
@@ -101,6 +101,7 @@ class Execution:
         self._cwd: str | None = None
         self._context: ModuleContext | None = None
         self._cleanups: list[Callable[[], object]] = []
+        self._globals: dict[str, object] = {}
 
     def workdir(self) -> str:
         """The execution's current directory: its scratch directory (created on first use) unless chdir moved it."""
@@ -138,8 +139,15 @@ class Execution:
                 services=self.services,
                 to_lua=to_lua,
                 on_close=self._cleanups.append,
+                set_global=self._globals.__setitem__,
             )
         return self._context
+
+    def take_globals(self) -> dict[str, object]:
+        """The globals a module's load asked for (ModuleContext.set_global), handed over once."""
+        taken = dict(self._globals)
+        self._globals.clear()
+        return taken
 
     def close(self) -> None:
         """Run the modules' cleanups (last registered first), then remove the scratch directory."""
@@ -357,8 +365,14 @@ class LuaSandbox:
         try:
             if self._current is None:
                 raise RuntimeError("no execution is running")
-            value = self._modules[text].load(self.lua, self._current.module_context(self.to_lua))
-            return (True, self.to_lua(value, fix_tables=True))
+            current = self._current
+            value = self._modules[text].load(self.lua, current.module_context(self.to_lua))
+            globals_ = current.take_globals()
+            return (
+                True,
+                self.to_lua(value, fix_tables=True),
+                self.to_lua(globals_, fix_tables=True) if globals_ else None,
+            )
         except Exception as exc:
             log.debug("loading Lua module %s failed", text, exc_info=True)
             return (False, f"error loading module '{text}': {error_text(exc)}".encode())
