@@ -46,17 +46,25 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the daemon until a shutdown signal arrives (or `stop` is set)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    started = False
 
     def on_signal() -> None:
         if not stop.is_set():
             log.info("Received shutdown signal, stopping server...")
             stop.set()
+            if not started and main is not None:
+                main.cancel()  # still starting (waiting on NATS, say): give up on the start
 
     for sig in SHUTDOWN_SIGNALS:
         loop.add_signal_handler(sig, on_signal)
     try:
         async with running(settings):
+            started = True
             await stop.wait()
+    except asyncio.CancelledError:
+        if started or not stop.is_set():
+            raise
     finally:
         for sig in SHUTDOWN_SIGNALS:
             loop.remove_signal_handler(sig)

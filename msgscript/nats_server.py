@@ -116,17 +116,23 @@ async def connect_nats(settings: Settings) -> AsyncIterator[Client]:
     async with contextlib.AsyncExitStack() as stack:
         url = settings.nats_url or await stack.enter_async_context(embedded_nats(settings.embedded_nats_port))
         try:
-            nc = await nats.connect(
-                url,
-                name="msgscript",
-                connect_timeout=NATS_CONNECT_TIMEOUT_S,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-            )
+            # Reconnecting is for later outages: the first connection gets one bounded try.
+            async with asyncio.timeout(NATS_CONNECT_TIMEOUT_S):
+                nc = await nats.connect(
+                    url,
+                    name="msgscript",
+                    connect_timeout=NATS_CONNECT_TIMEOUT_S,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    allow_reconnect=True,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                )
+        except TimeoutError:
+            raise ConfigError(
+                f"Failed to connect to NATS: no server answered at {url} within {NATS_CONNECT_TIMEOUT_S:g}s"
+            ) from None
         except Exception as exc:
             raise ConfigError(f"Failed to connect to NATS: {exc}") from exc
         try:

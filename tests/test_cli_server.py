@@ -120,6 +120,30 @@ async def test_unknown_backend_is_one_clear_line(nats_url: str) -> None:
     assert "Traceback" not in err
 
 
+async def test_unreachable_nats_stops_the_start() -> None:
+    code, _, err = await run_cli("-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES))
+    assert code == 1
+    assert "Failed to connect to NATS: no server answered at nats://127.0.0.1:" in err
+    assert "Traceback" not in err
+
+
+async def test_a_signal_while_starting_stops_the_start() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "msgscript",
+        *("-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=server_env(),
+    )
+    daemon = Daemon(proc)
+    await daemon.wait_for_log("NATS error")  # still trying to connect
+    assert await daemon.stop() == 0
+    assert "Received shutdown signal" in daemon.log
+    assert "Failed to connect" not in daemon.log
+
+
 async def test_invalid_log_level(nats_url: str) -> None:
     code, _, err = await run_cli("-log", "bogus", "-natsurl", nats_url)
     assert code == 1
