@@ -22,10 +22,18 @@ PLUGIN_DIR = str(Path(__file__).resolve().parent.parent / "plugins")
 async def lua_executor(
     *, nats: Any | None = None, plugins: bool = True, env: dict[str, str] | None = None, **settings: Any
 ) -> AsyncIterator[Executor]:
-    """The daemon's Lua executor; with `plugins`, the bundled plugins are loaded as by `-plugin plugins/`."""
-    options: dict[str, Any] = {"max_memory_bytes": 32 * 1024 * 1024, "lua_threads": 4}
+    """The daemon's Lua executor; with `plugins`, the bundled plugins are loaded as by `-plugin plugins/`.
+
+    Other keywords are Settings fields (`plugin_dir` overrides `plugins`).
+    """
+    options: dict[str, Any] = {
+        "max_memory_bytes": 32 * 1024 * 1024,
+        "lua_threads": 4,
+        "plugin_dir": PLUGIN_DIR if plugins else "",
+        "env": dict(os.environ) if env is None else env,
+    }
     options.update(settings)
-    full = Settings(plugin_dir=PLUGIN_DIR if plugins else "", env=dict(os.environ) if env is None else env, **options)
+    full = Settings(**options)
     async with open_executors(full, nats) as executors:
         yield executors["lua"]
 
