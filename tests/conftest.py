@@ -13,7 +13,7 @@ from msgscript.app import running
 from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from tests.fixtures import write_fixtures
-from tests.servers import NatsServer, run_nats_server
+from tests.servers import EtcdServer, NatsServer, run_etcd, run_nats_server
 
 DaemonFactory = Callable[..., contextlib.AbstractAsyncContextManager[Dispatcher]]
 
@@ -21,6 +21,13 @@ DaemonFactory = Callable[..., contextlib.AbstractAsyncContextManager[Dispatcher]
 @pytest.fixture
 async def nats_server() -> AsyncIterator[NatsServer]:
     async with run_nats_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def etcd_server() -> AsyncIterator[EtcdServer]:
+    """A fresh single-member etcd; `.url` is its client URL, `.endpoint` the same as host:port."""
+    async with run_etcd() as server:
         yield server
 
 

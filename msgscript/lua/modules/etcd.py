@@ -1,15 +1,178 @@
-"""The `etcd` Lua module (being written: requiring it raises an error until then)."""
+"""The `etcd` Lua module: read and write keys through the daemon's shared etcd client.
+
+Return conventions of the Go msgscript: `etcd.put(key, value)` returns nil, or an error string;
+`etcd.get(key, prefix)` (prefix is a required boolean) returns an array of KV objects in key order and
+nil, or nil and nil when nothing matches, or nil and an error; `etcd.delete(key)` returns nil, or the key
+and an error. KV objects are userdata with `kv:getKey()` and `kv:getValue()`. Requiring the module also
+defines the global `EtcdKV`, their metatable, whose `EtcdKV.new(key, value)` builds one.
+
+Unlike Go, which dials a new client (never closed) on every `require`, every call goes to the daemon's
+one client (`ctx.services["etcd"]`, endpoints from -etcdurl/ETCD_ENDPOINTS) and waits at most until the
+script's deadline.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import lupa.lua51 as lupa51
 
-class _Pending:
+from msgscript.etcd import EtcdClient, EtcdError, KeyValue
+from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.runtime import error_text, lua_number_text
+
+NOT_CONFIGURED = "etcd is not configured"
+
+# The KV objects are userdata sharing one metatable (newproxy), their key and value kept in a weak
+# table: like Go's, they have no fields of their own. A new metatable is made for every execution so
+# that what a script adds to EtcdKV does not outlive it.
+_KV_SOURCE = b"""
+local newproxy, getmetatable, setmetatable = newproxy, getmetatable, setmetatable
+local type, select, tostring, error = type, select, tostring, error
+
+local function arg_kind(i, n, ...)
+  if i > n then return "no value" end
+  return type((select(i, ...)))
+end
+
+local function check_string(fname, i, n, ...)
+  local v = select(i, ...)
+  local t = arg_kind(i, n, ...)
+  if t == "string" then return v end
+  if t == "number" then return tostring(v) end
+  error("bad argument #" .. i .. " to '" .. fname .. "' (string expected, got " .. t .. ")", 3)
+end
+
+return function()
+  local data = setmetatable({}, {__mode = "k"})
+  local proto = newproxy(true)
+  local EtcdKV = getmetatable(proto)
+  local methods = {}
+
+  local function field(fname, index, n, ...)
+    local pair = n > 0 and data[(...)]
+    if not pair then
+      error("bad argument #1 to '" .. fname .. "' (EtcdKV expected, got " .. arg_kind(1, n, ...) .. ")", 3)
+    end
+    return pair[index]
+  end
+
+  local function make(key, value)
+    local kv = newproxy(proto)
+    data[kv] = {key, value}
+    return kv
+  end
+
+  function methods.getKey(...) return (field("getKey", 1, select("#", ...), ...)) end
+  function methods.getValue(...) return (field("getValue", 2, select("#", ...), ...)) end
+  EtcdKV.__index = methods
+
+  EtcdKV.new = function(...)
+    local n = select("#", ...)
+    local key = check_string("new", 1, n, ...)
+    local value = check_string("new", 2, n, ...)
+    return make(key, value)
+  end
+
+  -- flat = {key1, value1, key2, value2, ...}, count pairs.
+  local function wrap(flat, count)
+    local kvs = {}
+    for i = 1, count do kvs[i] = make(flat[2 * i - 1], flat[2 * i]) end
+    return kvs
+  end
+
+  return EtcdKV, wrap
+end
+"""
+
+
+def _kind(args: tuple[object, ...], position: int) -> str:
+    """The Lua type name of an argument, `no value` when it was not passed (gopher-lua's wording)."""
+    if len(args) < position:
+        return "no value"
+    value = args[position - 1]
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, bytes):
+        return "string"
+    if isinstance(value, int | float):
+        return "number"
+    return lupa51.lua_type(value) or "userdata"
+
+
+def _string_arg(args: tuple[object, ...], position: int, function: str) -> bytes:
+    """Like gopher-lua's CheckString: a string, or a number converted to text."""
+    value = args[position - 1] if len(args) >= position else None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return lua_number_text(value).encode()
+    raise ValueError(f"bad argument #{position} to '{function}' (string expected, got {_kind(args, position)})")
+
+
+def _bool_arg(args: tuple[object, ...], position: int, function: str) -> bool:
+    """Like gopher-lua's CheckBool: only a boolean will do."""
+    value = args[position - 1] if len(args) >= position else None
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"bad argument #{position} to '{function}' (boolean expected, got {_kind(args, position)})")
+
+
+class EtcdModule:
+    """Builds the `etcd` table (and the `EtcdKV` global) for one execution."""
+
     name = "etcd"
 
-    def load(self, lua: Any, ctx: Any) -> object:
-        raise RuntimeError("module 'etcd' is not implemented yet")
+    def load(self, lua: Any, ctx: ModuleContext) -> object:
+        """Return `{put = ..., get = ..., delete = ...}` bound to the shared client."""
+        client: EtcdClient | None = ctx.services.get("etcd")
+        kv_metatable, wrap = lua_chunk(lua, "etcd", _KV_SOURCE)()
+        ctx.set_global("EtcdKV", kv_metatable)
+
+        def put(*args: object) -> object:
+            key = _string_arg(args, 1, "put")
+            value = _string_arg(args, 2, "put")
+            if client is None:
+                return NOT_CONFIGURED
+            try:
+                ctx.call(client.put(key, value, timeout_s=ctx.remaining_s()))
+            except (EtcdError, TimeoutError) as exc:
+                return error_text(exc)
+            return None
+
+        def get(*args: object) -> tuple[object, object]:
+            key = _string_arg(args, 1, "get")
+            prefix = _bool_arg(args, 2, "get")
+            if client is None:
+                return (None, NOT_CONFIGURED)
+            kvs: list[KeyValue]
+            try:
+                if prefix:
+                    kvs = ctx.call(client.get_prefix(key, timeout_s=ctx.remaining_s()))
+                else:
+                    found = ctx.call(client.get(key, timeout_s=ctx.remaining_s()))
+                    kvs = [] if found is None else [found]
+            except (EtcdError, TimeoutError) as exc:
+                return (None, error_text(exc))
+            if not kvs:
+                return (None, None)
+            flat = lua.table_from([part for kv in kvs for part in (kv.key, kv.value)])
+            return (wrap(flat, len(kvs)), None)
+
+        def delete(*args: object) -> object:
+            key = _string_arg(args, 1, "delete")
+            if client is None:
+                return (args[-1], NOT_CONFIGURED)
+            try:
+                ctx.call(client.delete(key, timeout_s=ctx.remaining_s()))
+            except (EtcdError, TimeoutError) as exc:
+                # Go returns the top two stack slots: the last argument, then the error.
+                return (args[-1], error_text(exc))
+            return None
+
+        return {"put": put, "get": get, "delete": delete}
 
 
-module = _Pending()
+module = EtcdModule()

@@ -1,15 +1,462 @@
-"""The `http` Lua module (being written: requiring it raises an error until then)."""
+"""The `http` Lua module: HTTP requests with gluahttp's API (the Go msgscript's `http`).
+
+`http.get post put patch delete head (url [, opts])` and `http.request(method, url [, opts])` return a
+response table (`status_code body body_size headers cookies url`) or `nil, error`; `request_batch`
+sends several requests at once and returns the responses, plus a table of errors (same indices) when
+any failed. Options: `query` (raw query string), `headers`, `cookies`, `body`, `form` (a urlencoded body
+used without `body`), `timeout` (seconds, or a Go duration such as "500ms") and `auth = {user=, pass=}`.
+
+Requests go through the daemon's shared aiohttp session on its event loop; each is bounded by its
+timeout and by the script's deadline. Redirects are followed as Go's HTTP client follows them (at most
+ten; 301/302/303 turn into GET without a body; credentials and cookies are not sent to another host).
+Nothing a server sets is remembered: like Go's default client there is no cookie jar, so one
+execution's cookies never reach another's requests. Errors read like Go's
+(`Get "http://127.0.0.1:1/": dial tcp 127.0.0.1:1: connect: connection refused`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+import lupa.lua51 as lupa51
+from multidict import CIMultiDict
+from yarl import URL
 
-class _Pending:
+from msgscript.durations import parse_duration
+from msgscript.lua.module import ModuleContext
+from msgscript.lua.runtime import error_text, lua_number_text
+
+MAX_REDIRECTS = 10
+"""Go's default: the tenth redirect response is an error."""
+DEADLINE_EXCEEDED = "context deadline exceeded"
+AUTH_ERROR = "auth table must contain no nil user and pass fields"
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_SENSITIVE = ("Authorization", "Www-Authenticate", "Cookie", "Cookie2")
+_DECOMPRESSED = frozenset({"gzip", "deflate", "br", "zstd"})
+
+
+class RequestError(Exception):
+    """A request failed; the message is what the script gets as the error."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request, read from the script's arguments on the Lua thread (Lua values never leave it)."""
+
+    method: str
+    url: str
+    query: bytes | None
+    headers: tuple[tuple[str, str], ...]
+    body: bytes | None
+    timeout_s: float | None
+    error: str | None = None
+    """A problem found in the arguments: returned without sending anything."""
+
+
+def _text(value: object) -> bytes | None:
+    """A Lua value as gopher-lua's String() gives it for strings, numbers and booleans; None otherwise."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, int | float):
+        return lua_number_text(value).encode()
+    return None
+
+
+def _header_text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def canonical_header_key(key: str) -> str:
+    """Go's textproto.CanonicalMIMEHeaderKey: `content-type` → `Content-Type`; odd keys stay as they are."""
+    if not _TOKEN.match(key):
+        return key
+    return "-".join(part[:1].upper() + part[1:].lower() for part in key.split("-"))
+
+
+def _cookie_value(value: bytes) -> str:
+    """Go's sanitizeCookieValue: drop bytes a cookie value may not hold, quote values with spaces or commas."""
+    kept = bytes(b for b in value if 0x20 <= b < 0x7F and b not in b'";\\').decode("ascii")
+    if " " in kept or "," in kept:
+        return f'"{kept}"'
+    return kept
+
+
+def _kind(value: object) -> str:
+    """The Lua type name of a value."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, bytes):
+        return "string"
+    return str(lupa51.lua_type(value) or "userdata")
+
+
+def _is_table(value: object) -> bool:
+    return bool(lupa51.lua_type(value) == "table")
+
+
+def _field(table: Any, name: bytes) -> Any:
+    return table[name] if table is not None else None
+
+
+def read_request(method: object, url: object, options: object) -> _Request:
+    """Read a request's method, URL and options from Lua values, as gluahttp reads them."""
+    method_text = (_text(method) or b"").decode("utf-8", "replace").upper() or "GET"
+    url_text = (_text(url) or b"").decode("utf-8", "surrogateescape")
+    opts = options if _is_table(options) else None
+    headers = CIMultiDict[str]()
+    error: str | None = None
+    if not _TOKEN.match(method_text):
+        error = f"net/http: invalid method {_go_quote(method_text)}"
+
+    cookies = _field(opts, b"cookies")
+    if _is_table(cookies):
+        pairs = []
+        for key, value in cookies.items():
+            name, text = _text(key), _text(value)
+            if name is not None and text is not None:
+                cookie_name = name.decode("utf-8", "replace").replace("\n", "-").replace("\r", "-")
+                pairs.append(f"{cookie_name}={_cookie_value(text)}")
+        if pairs:
+            headers["Cookie"] = "; ".join(pairs)
+
+    query = _field(opts, b"query")
+    body = _field(opts, b"body")
+    if not isinstance(body, bytes):
+        body = _field(opts, b"form")
+        if isinstance(body, bytes):
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            body = None
+
+    timeout_s: float | None = None
+    timeout = _field(opts, b"timeout")
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        timeout_s = float(timeout)
+    elif isinstance(timeout, bytes):
+        try:
+            timeout_s = parse_duration(timeout.decode("utf-8", "surrogateescape"))
+        except ValueError as exc:
+            error = error or str(exc)
+
+    auth = _field(opts, b"auth")
+    if error is None and _is_table(auth):
+        user, password = auth[b"user"], auth[b"pass"]
+        user_text, pass_text = _text(user), _text(password)
+        if user is False or password is False or user_text is None or pass_text is None:
+            error = AUTH_ERROR
+        else:
+            headers["Authorization"] = "Basic " + base64.b64encode(user_text + b":" + pass_text).decode("ascii")
+
+    extra = _field(opts, b"headers")
+    if _is_table(extra):
+        for key, value in extra.items():
+            name, text = _text(key), _text(value)
+            if name is not None and text is not None:
+                headers[canonical_header_key(_header_text(name))] = _header_text(text)
+
+    return _Request(
+        method=method_text,
+        url=url_text,
+        query=query if isinstance(query, bytes) else None,
+        headers=tuple(headers.items()),
+        body=body,
+        timeout_s=timeout_s,
+        error=error,
+    )
+
+
+def _go_quote(text: str) -> str:
+    """Quote like Go's %q for the URLs in error messages."""
+    out = ['"']
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif char == "\r":
+            out.append("\\r")
+        elif ord(char) < 0x20 or ord(char) == 0x7F or "\udc80" <= char <= "\udcff":
+            out.append(f"\\x{ord(char) & 0xFF:02x}")
+        else:
+            out.append(char)
+    out.append('"')
+    return "".join(out)
+
+
+def _operation(method: str) -> str:
+    """Go's url.Error operation: the method with only its first letter upper-case (`Get`, `Post`)."""
+    return method[:1] + method[1:].lower()
+
+
+def _shown(url: URL) -> str:
+    """A URL as error messages show it (Go replaces a password by ***)."""
+    return str(url.with_password("***")) if url.password is not None else str(url)
+
+
+def _parse_url(request: _Request) -> URL:
+    """The request's URL with its `query` option applied; RequestError with Go's wording if unusable."""
+    text = request.url
+    op = _operation(request.method)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise RequestError(f"parse {_go_quote(text)}: net/url: invalid control character in URL")
+    if text.startswith(":"):
+        raise RequestError(f"parse {_go_quote(text)}: missing protocol scheme")
+    scheme = _SCHEME.match(text)
+    if scheme is None or scheme.group(1).lower() not in ("http", "https"):
+        name = scheme.group(1).lower() if scheme else ""
+        raise RequestError(f"{op} {_go_quote(text)}: unsupported protocol scheme {_go_quote(name)}")
+    try:
+        url = URL(text)
+        url.port  # noqa: B018 - an invalid port only shows when asked for
+    except ValueError as exc:
+        raise RequestError(f"parse {_go_quote(text)}: {exc}") from None
+    if not url.host:
+        raise RequestError(f"{op} {_go_quote(text)}: http: no Host in request URL")
+    if request.query is not None:
+        base = str(url.with_query(None).with_fragment(None))
+        query = request.query.decode("utf-8", "surrogateescape")
+        url = URL(base + "?" + query if query else base, encoded=True)
+    return url
+
+
+def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
+    """A connection failure in Go's words."""
+    host = exc.host
+    os_error = exc.os_error
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(os_error, socket.gaierror):
+        return f"dial tcp: lookup {host}: no such host"
+    address = f"[{host}]:{exc.port}" if ":" in host else f"{host}:{exc.port}"
+    reason = os.strerror(os_error.errno) if os_error.errno else str(os_error)
+    return f"dial tcp {address}: connect: {reason[:1].lower() + reason[1:]}"
+
+
+def _response_cookies(values: list[str]) -> dict[str, str]:
+    """Name → value of the Set-Cookie headers, as Go's Response.Cookies reads them (the last one wins)."""
+    cookies: dict[str, str] = {}
+    for header in values:
+        pair = header.split(";", 1)[0].strip()
+        name, equals, value = pair.partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals or not _TOKEN.match(name):
+            continue
+        if len(value) > 1 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if any(not (0x20 <= ord(c) < 0x7F) or c in '";\\' for c in value):
+            continue
+        cookies[name] = value
+    return cookies
+
+
+def _response_headers(resp: aiohttp.ClientResponse, decompressed: bool) -> dict[str, str]:
+    """The first value of each header, under Go's canonical name.
+
+    When the body was decompressed for the script, its encoding and length headers no longer describe
+    it: Go's client drops them then, and so do we.
+    """
+    headers: dict[str, str] = {}
+    for key, value in resp.headers.items():
+        headers.setdefault(canonical_header_key(key), value)
+    if decompressed and headers.get("Content-Encoding", "").lower() in _DECOMPRESSED:
+        headers.pop("Content-Encoding", None)
+        headers.pop("Content-Length", None)
+    return headers
+
+
+def _same_site(initial: URL, target: URL) -> bool:
+    """Whether credentials and cookies may follow a redirect: the same host or one of its subdomains."""
+    first, then = (initial.host or "").lower(), (target.host or "").lower()
+    return then == first or then.endswith("." + first)
+
+
+@contextlib.asynccontextmanager
+async def _session(shared: aiohttp.ClientSession | None) -> AsyncIterator[aiohttp.ClientSession]:
+    """The daemon's shared session (it keeps no cookies, like Go's default client), or one of our own."""
+    if shared is not None:
+        yield shared
+        return
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None), trust_env=False
+    ) as session:
+        yield session
+
+
+async def _send(session: aiohttp.ClientSession, request: _Request, url: URL) -> dict[str, object]:
+    """Send the request, following redirects, and read the final response."""
+    method = request.method
+    body = request.body
+    headers = CIMultiDict(request.headers)
+    if url.user is not None:
+        if "Authorization" not in headers:
+            credentials = f"{url.user}:{url.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
+        url = url.with_user(None)
+    decompress = "Accept-Encoding" not in headers
+    initial, redirects = url, 0
+    while True:
+        async with session.request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            skip_auto_headers=("Content-Type",),
+            auto_decompress=decompress,
+        ) as resp:
+            content = await resp.read()
+            location = resp.headers.get("Location", "")
+            if resp.status not in _REDIRECTS or not location:
+                return {
+                    "status_code": resp.status,
+                    "body": content,
+                    "body_size": len(content),
+                    "headers": _response_headers(resp, decompress),
+                    "cookies": _response_cookies(resp.headers.getall("Set-Cookie", [])),
+                    "url": str(url),
+                }
+            status = resp.status
+        redirects += 1
+        if redirects >= MAX_REDIRECTS:
+            raise RequestError(
+                f"{_operation(request.method)} {_go_quote(location)}: stopped after {MAX_REDIRECTS} redirects"
+            )
+        try:
+            target = url.join(URL(location))
+        except ValueError as exc:
+            raise RequestError(f"failed to parse Location header {_go_quote(location)}: {exc}") from None
+        if status in (301, 302, 303):
+            if method not in ("GET", "HEAD"):
+                method = "GET"
+            if body is not None:
+                body = None
+                headers.popall("Content-Type", None)
+        if not _same_site(initial, target):
+            for name in _SENSITIVE:
+                headers.popall(name, None)
+        headers.popall("Referer", None)
+        if not (url.scheme == "https" and target.scheme == "http"):
+            headers["Referer"] = str(url.with_user(None).with_fragment(None))
+        url = target
+
+
+async def perform(shared: aiohttp.ClientSession | None, request: _Request, limit_s: float) -> dict[str, object] | str:
+    """Run one request within limit_s seconds: the response as a dict, or the error text."""
+    if request.error is not None:
+        return request.error
+    try:
+        url = _parse_url(request)
+    except RequestError as exc:
+        return str(exc)
+    op = _operation(request.method)
+    if limit_s <= 0:
+        return f"{op} {_go_quote(_shown(url))}: {DEADLINE_EXCEEDED}"
+    try:
+        async with asyncio.timeout(limit_s), _session(shared) as session:
+            return await _send(session, request, url)
+    except RequestError as exc:
+        return str(exc)
+    except TimeoutError:
+        reason = DEADLINE_EXCEEDED
+    except aiohttp.ClientConnectorError as exc:
+        reason = _connect_error(exc)
+    except aiohttp.ServerDisconnectedError:
+        reason = "EOF"
+    except (aiohttp.ClientError, ValueError) as exc:
+        reason = error_text(exc)
+    return f"{op} {_go_quote(_shown(url))}: {reason}"
+
+
+class HttpModule:
+    """Builds the `http` table for one execution, bound to its deadline."""
+
     name = "http"
 
-    def load(self, lua: Any, ctx: Any) -> object:
-        raise RuntimeError("module 'http' is not implemented yet")
+    def load(self, lua: Any, ctx: ModuleContext) -> object:
+        """Return the request functions."""
+        shared = ctx.services.get("http")
+
+        def limit(request: _Request) -> float:
+            remaining = ctx.remaining_s()
+            return remaining if request.timeout_s is None else min(request.timeout_s, remaining)
+
+        def run(request: _Request) -> tuple[object, ...]:
+            try:
+                outcome = ctx.call(perform(shared, request, limit(request)))
+            except TimeoutError:
+                return (None, f"{_operation(request.method)} {_go_quote(request.url)}: {DEADLINE_EXCEEDED}")
+            if isinstance(outcome, str):
+                return (None, outcome)
+            return (outcome,)
+
+        def verb(method: str) -> Any:
+            def call(url: object = None, options: object = None, *_: object) -> tuple[object, ...]:
+                return run(read_request(method.encode(), url, options))
+
+            return call
+
+        def request(method: object = None, url: object = None, options: object = None, *_: object) -> Any:
+            return run(read_request(method, url, options))
+
+        def request_batch(requests: Any = None, *_: object) -> tuple[object, ...]:
+            if not _is_table(requests):
+                kind = _kind(requests)
+                raise RuntimeError(f"bad argument #1 to 'request_batch' (table expected, got {kind})")
+            batch: list[_Request] = []
+            for index in range(1, len(requests) + 1):
+                entry = requests[index]
+                if _is_table(entry):
+                    batch.append(read_request(entry[1], entry[2], entry[3]))
+                else:
+                    batch.append(_Request("GET", "", None, (), None, None, error="Request must be a table"))
+            try:
+                outcomes = ctx.call(_gather(shared, batch, [limit(r) for r in batch]))
+            except TimeoutError:
+                outcomes = [f"{_operation(r.method)} {_go_quote(r.url)}: {DEADLINE_EXCEEDED}" for r in batch]
+            responses: dict[int, object] = {}
+            errors: dict[int, object] = {}
+            for index, outcome in enumerate(outcomes, start=1):
+                if isinstance(outcome, str):
+                    errors[index] = outcome
+                else:
+                    responses[index] = outcome
+            if errors:
+                return (responses, errors)
+            return (responses,)
+
+        functions: dict[str, object] = {
+            name: verb(name.upper()) for name in ("get", "post", "put", "patch", "delete", "head")
+        }
+        functions["request"] = request
+        functions["request_batch"] = request_batch
+        return functions
 
 
-module = _Pending()
+async def _gather(shared: Any, batch: list[_Request], limits: list[float]) -> list[dict[str, object] | str]:
+    """Run a batch's requests concurrently."""
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(perform(shared, request, limit_s), name=f"msgscript:http:{request.url}")
+            for request, limit_s in zip(batch, limits, strict=True)
+        ]
+    return [task.result() for task in tasks]
+
+
+module = HttpModule()

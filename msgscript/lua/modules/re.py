@@ -1,15 +1,383 @@
-"""The `re` Lua module (being written: requiring it raises an error until then)."""
+"""The `re` Lua module: Go (RE2) regular expressions with the calling conventions of Lua's string library.
+
+As gluare (the Go msgscript's `re`): `find(s, pattern [, init [, plain]])` returns the 1-based start and
+inclusive end of the match and its captures, or nil; `match(s, pattern [, init])` the captures (or the
+whole match when the pattern has none), or nil; `gmatch(s, pattern)` an iterator over the same;
+`gsub(s, pattern, repl [, n])` the new string and the number of matches, where a string `repl` uses Go's
+expansion syntax (`$1`, `${1}`, `${name}`, `$$`), a table is indexed by the first capture (or the whole
+match) and a function gets the captures (or the whole match); a false or nil value keeps the match.
+`quote(s)` escapes the characters Go's regexp.QuoteMeta escapes. An invalid pattern is a Lua error with
+Go's text (`error parsing regexp: missing closing ): `(a``).
+
+Strings are bytes and positions byte offsets. Matching is RE2's: linear in the subject's length, so no
+pattern can make a script hang; backreferences and look-around are invalid patterns, as in Go.
+Several matches follow Go's FindAll rules: an empty match right after a match is skipped.
+A capture that took no part in the match is the empty string, as Go's FindStringSubmatch reports it,
+except that `find` finds nothing when its first capture took no part (as gluare does).
+"""
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import lupa.lua51 as lupa51
+import re2
 
-class _Pending:
+from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.runtime import lua_number_text
+
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False
+_QUOTED = frozenset(b"\\.+*?()|[]{}^$")
+
+# RE2's error texts, and what Go's regexp/syntax says for the same mistake.
+_GO_ERRORS = {
+    "missing )": "missing closing )",
+    "missing ]": "missing closing ]",
+    "unexpected )": "unexpected )",
+    "invalid escape sequence": "invalid escape sequence",
+    "invalid character class": "invalid character class",
+    "invalid character class range": "invalid character class range",
+    "bad repetition operator": "invalid nested repetition operator",
+    "no argument for repetition operator": "missing argument to repetition operator",
+    "invalid repetition size": "invalid repeat count",
+    "invalid perl operator": "invalid or unsupported Perl syntax",
+    "invalid named capture group": "invalid named capture",
+    "invalid UTF-8": "invalid UTF-8",
+    "trailing \\": "trailing backslash at end of expression",
+    "pattern too large - compile failed": "expression too large",
+    "pattern too large - reverse compile failed": "expression too large",
+    "nesting depth exceeded": "expression nests too deeply",
+}
+
+# gsub with a table or a function: the replacement values are looked up and called in Lua, so that the
+# script's code runs under the sandbox's limits. `prepare` (Python) does everything else.
+_GSUB = b"""
+local type, error, unpack, concat, sub = type, error, unpack, table.concat, string.sub
+return function(prepare)
+  return function(s, pattern, repl, n)
+    local kind, a, b, c = prepare(s, pattern, repl, n)
+    if kind == 0 then return a, b end
+    if kind == 1 then error(a, 2) end
+    local subject, matches, ngroups = a, b, c
+    local by_table = type(repl) == "table"
+    local out, nout, last = {}, 0, 1
+    for i = 1, #matches do
+      local m = matches[i]
+      local first, final = m[1], m[2]
+      local value
+      if by_table then
+        if ngroups > 0 then value = repl[m[3]] else value = repl[sub(subject, first, final)] end
+      elseif ngroups > 0 then
+        value = repl(unpack(m, 3, ngroups + 2))
+      else
+        value = repl(sub(subject, first, final))
+      end
+      local t = type(value)
+      if value == nil or value == false then
+        value = sub(subject, first, final)
+      elseif t ~= "string" and t ~= "number" then
+        error("invalid replacement value (a " .. t .. ")", 2)
+      end
+      out[nout + 1], out[nout + 2] = sub(subject, last, first - 1), value
+      nout = nout + 2
+      last = final + 1
+    end
+    out[nout + 1] = sub(subject, last)
+    return concat(out), #matches
+  end
+end
+"""
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, bytes):
+        return "string"
+    return lupa51.lua_type(value) or "userdata"
+
+
+def _string(value: object, position: int, function: str) -> bytes:
+    """A string argument, as luaL_checkstring takes it (numbers become their text)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return lua_number_text(value).encode()
+    raise _ArgumentError(f"bad argument #{position} to '{function}' (string expected, got {_kind(value)})")
+
+
+def _integer(value: object, default: int, position: int, function: str) -> int:
+    """An optional integer argument (numbers are truncated, numeric strings converted)."""
+    if value is None:
+        return default
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number: float = value
+    elif isinstance(value, bytes):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = float("nan")
+    else:
+        number = float("nan")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise _ArgumentError(f"bad argument #{position} to '{function}' (number expected, got {_kind(value)})")
+    return int(number)
+
+
+def compile_pattern(pattern: bytes) -> Any:
+    """Compile a Go regular expression (RE2 caches recent ones); raises ValueError with Go's error text."""
+    try:
+        return re2.compile(pattern, _OPTIONS)
+    except re2.error as exc:
+        raw = exc.args[0] if exc.args else b""
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        code, _, arg = text.partition(": ")
+        go_code = _GO_ERRORS.get(code)
+        if go_code is None:
+            raise ValueError(f"error parsing regexp: {text}") from None
+        raise ValueError(f"error parsing regexp: {go_code}: `{arg}`") from None
+
+
+def _rune_width(s: bytes, pos: int) -> int:
+    """The length of the UTF-8 character at pos (1 for a byte that starts none), as Go steps over it."""
+    for width in (1, 2, 3, 4):
+        try:
+            s[pos : pos + width].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return width
+    return 1
+
+
+def iter_matches(rx: Any, s: bytes, limit: int = -1) -> Iterator[list[tuple[int, int]]]:
+    """The spans (whole match, then groups; (-1, -1) for a group not taking part) of successive matches.
+
+    Go's rules: at most `limit` matches (all if negative), and an empty match right after the previous
+    match is skipped, the search then moving on by one character.
+    """
+    pos, prev_end, count, end = 0, -1, 0, len(s)
+    groups = range(rx.groups + 1)
+    while (limit < 0 or count < limit) and pos <= end:
+        m = rx.search(s, pos)
+        if m is None:
+            return
+        start, stop = m.span()
+        accept = True
+        if stop == pos:
+            accept = start != prev_end
+            pos += _rune_width(s, pos) if pos < end else 1
+        else:
+            pos = stop
+        prev_end = stop
+        if accept:
+            count += 1
+            yield [m.span(i) for i in groups]
+
+
+def _captures(s: bytes, spans: list[tuple[int, int]]) -> list[bytes]:
+    """The captured strings of a match ("" for a group that took no part), or the whole match if none."""
+    if len(spans) == 1:
+        start, stop = spans[0]
+        return [s[start:stop]]
+    return [s[a:b] if a >= 0 else b"" for a, b in spans[1:]]
+
+
+def _is_name_char(char: str) -> bool:
+    return char == "_" or unicodedata.category(char)[0] == "L" or unicodedata.category(char) == "Nd"
+
+
+def _template_name(template: bytes, at: int) -> tuple[bytes, int] | None:
+    """The group name after a `$` at `at` (`name` or `{name}`) and where the rest starts; None if malformed."""
+    brace = template[at : at + 1] == b"{"
+    i = at + 1 if brace else at
+    start = i
+    while i < len(template):
+        width = _rune_width(template, i)
+        try:
+            char = template[i : i + width].decode("utf-8")
+        except UnicodeDecodeError:
+            break
+        if not _is_name_char(char):
+            break
+        i += width
+    if i == start:
+        return None
+    name = template[start:i]
+    if brace:
+        if template[i : i + 1] != b"}":
+            return None
+        i += 1
+    return name, i
+
+
+def _group_number(name: bytes) -> int:
+    """A numeric group name's number; -1 for names (and for leading zeros or huge numbers, as Go)."""
+    if not name.isdigit() or len(name) > 8 or (len(name) > 1 and name[:1] == b"0"):
+        return -1
+    return int(name)
+
+
+def expand(template: bytes, s: bytes, spans: list[tuple[int, int]], names: dict[bytes, int]) -> bytes:
+    """Go's Regexp.Expand: `$1`, `${1}`, `$name`, `${name}` and `$$`; unknown or unmatched groups are empty."""
+    out = bytearray()
+    i = 0
+    while True:
+        dollar = template.find(b"$", i)
+        if dollar < 0:
+            out += template[i:]
+            return bytes(out)
+        out += template[i:dollar]
+        i = dollar + 1
+        if template[i : i + 1] == b"$":
+            out += b"$"
+            i += 1
+            continue
+        parsed = _template_name(template, i)
+        if parsed is None:
+            out += b"$"
+            continue
+        name, i = parsed
+        number = _group_number(name)
+        if number < 0:
+            number = names.get(name, -1)
+        if 0 <= number < len(spans):
+            start, stop = spans[number]
+            if start >= 0:
+                out += s[start:stop]
+
+
+def _quote(s: bytes) -> bytes:
+    """Go's regexp.QuoteMeta: a backslash before each of `\\.+*?()|[]{}^$`."""
+    out = bytearray()
+    for byte in s:
+        if byte in _QUOTED:
+            out.append(0x5C)
+        out.append(byte)
+    return bytes(out)
+
+
+def _start_index(init: int, length: int) -> int:
+    """A Lua string position (1-based, negative from the end) as a 0-based offset within the subject."""
+    if init > 0:
+        init -= 1
+    elif init < 0:
+        init = length + init
+    return min(max(init, 0), length)
+
+
+def find(s: object = None, pattern: object = None, init: object = None, plain: object = None, *_: object) -> Any:
+    """re.find: start, end and captures of the first match at or after init, or nil."""
+    subject = _string(s, 1, "find")
+    pat = _string(pattern, 2, "find")
+    if not subject and not pat:
+        return (1, 0)
+    offset = _start_index(_integer(init, 1, 3, "find"), len(subject))
+    if plain is not None and plain is not False:
+        found = subject.find(pat, offset)
+        return None if found < 0 else (found + 1, found + len(pat))
+    rx = compile_pattern(pat)
+    m = rx.search(subject[offset:])
+    if m is None:
+        return None
+    captures = [m.span(i) for i in range(1, rx.groups + 1)]
+    if captures and captures[0][0] < 0:
+        # gluare's rule (its own tests pin it): a first capture that took no part means no match.
+        return None
+    start, stop = m.span()
+    rest = subject[offset:]
+    return (offset + start + 1, offset + stop, *(rest[a:b] if a >= 0 else b"" for a, b in captures))
+
+
+def match(s: object = None, pattern: object = None, init: object = None, *_: object) -> Any:
+    """re.match: the captures (or the whole match) of the first match at or after init, or nil."""
+    subject = _string(s, 1, "match")
+    pat = _string(pattern, 2, "match")
+    offset = _start_index(_integer(init, 1, 3, "match"), len(subject))
+    rx = compile_pattern(pat)
+    rest = subject[offset:]
+    m = rx.search(rest)
+    if m is None:
+        return None
+    return tuple(_captures(rest, [m.span(i) for i in range(rx.groups + 1)]))
+
+
+def gmatch(s: object = None, pattern: object = None, *_: object) -> Callable[..., Any]:
+    """re.gmatch: an iterator over the captures (or whole matches) of successive matches."""
+    subject = _string(s, 1, "gmatch")
+    rx = compile_pattern(_string(pattern, 2, "gmatch"))
+    matches = iter_matches(rx, subject)
+
+    def step(*_: object) -> Any:
+        spans = next(matches, None)
+        if spans is None:
+            return None
+        return tuple(_captures(subject, spans))
+
+    return step
+
+
+def _gsub_prepare(s: object = None, pattern: object = None, repl: object = None, n: object = None, *_: object) -> Any:
+    """The Python half of re.gsub: (0, result, count) for a string replacement, (1, error) on bad
+    arguments, (2, subject, matches, groups) for a table or function replacement, done in Lua."""
+    try:
+        subject = _string(s, 1, "gsub")
+        pat = _string(pattern, 2, "gsub")
+        kind = _kind(repl)
+        if kind not in ("string", "number", "table", "function"):
+            raise _ArgumentError(f"bad argument #3 to 'gsub' (string/table/function expected, got {kind})")
+        limit = _integer(n, -1, 4, "gsub")
+        rx = compile_pattern(pat)
+    except (_ArgumentError, ValueError) as exc:
+        return (1, str(exc))
+    if limit == 0:
+        return (0, subject, 0)
+    if kind in ("table", "function"):
+        rows = []
+        for spans in iter_matches(rx, subject, limit):
+            start, stop = spans[0]
+            rows.append([start + 1, stop, *(subject[a:b] if a >= 0 else b"" for a, b in spans[1:])])
+        return (2, subject, rows, rx.groups)
+    template = _string(repl, 3, "gsub")
+    names = dict(rx.groupindex)
+    out = bytearray()
+    last = count = 0
+    for spans in iter_matches(rx, subject, limit):
+        start, stop = spans[0]
+        out += subject[last:start]
+        out += expand(template, subject, spans, names)
+        last = stop
+        count += 1
+    out += subject[last:]
+    return (0, bytes(out), count)
+
+
+def quote(s: object = None, *_: object) -> bytes:
+    """re.quote: the string with Go's regexp metacharacters escaped."""
+    return _quote(_string(s, 1, "quote"))
+
+
+class ReModule:
+    """Builds the `re` table for one execution."""
+
     name = "re"
+    inline_safe = True
+    """Pure computation in linear time: scripts using it may run on the event loop."""
 
-    def load(self, lua: Any, ctx: Any) -> object:
-        raise RuntimeError("module 're' is not implemented yet")
+    def load(self, lua: Any, ctx: ModuleContext) -> object:
+        """Return `{find, match, gmatch, gsub, quote}`."""
+        gsub = lua_chunk(lua, "re", _GSUB)(ctx.to_lua(_gsub_prepare))
+        return {"find": find, "match": match, "gmatch": gmatch, "gsub": gsub, "quote": quote}
 
 
-module = _Pending()
+module = ReModule()
