@@ -441,8 +441,9 @@ class LuaSandbox:
         return value
 
     def _fix_table(self, table: Any, seen: set[str]) -> None:
-        # Every lupa wrapper is a new Python object; Lua's "table: 0x…" text is the table's identity.
-        identity = str(table)
+        # Every lupa wrapper is a new Python object; its repr names the Lua table by address (str() would
+        # call a __tostring metamethod).
+        identity = repr(table)
         if identity in seen:
             return
         seen.add(identity)
