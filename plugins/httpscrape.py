@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
+from msgscript.lua.args import to_integer, to_text
 from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import lua_number_text
 from msgscript.plugins import PluginModules
 
 VOID_ELEMENTS = frozenset("area base br col embed hr img input keygen link meta param source track wbr".split())
@@ -201,34 +201,13 @@ def find_all(root: Element, matches: Matcher) -> list[Element]:
     return found
 
 
-def _text_arg(value: object) -> str:
-    """A Lua argument as text, converted like gopher-lua's ToString: strings and numbers, else ""."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value)
-    return ""
-
-
-def _int_arg(value: object) -> int:
-    """A Lua argument as an integer, converted like gopher-lua's ToInt: numbers and numeric strings, else 0."""
-    if isinstance(value, bytes):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return 0
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value and abs(value) != float("inf"):
-        return int(value)
-    return 0
-
-
 def _out(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
 def _parse(html: object) -> tuple[Element | None, str]:
     try:
-        return parse_html(_text_arg(html)), ""
+        return parse_html(to_text(html)), ""
     except (AssertionError, ValueError) as exc:
         return None, f"failed to parse html: {exc}"
 
@@ -241,18 +220,18 @@ def _find_attr(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object,
         root, error = _parse(html)
         if root is None:
             return None, error
-        name = _text_arg(attr)
-        return [_out(element.attr(name)) for element in find_all(root, matcher(_text_arg(query)))], None
+        name = to_text(attr)
+        return [_out(element.attr(name)) for element in find_all(root, matcher(to_text(query)))], None
 
     return find
 
 
 def _find_attrs(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object, object]]:
     def find(html: object = None, count: object = None, *rest: object) -> tuple[object, object]:
-        n = max(0, _int_arg(count))
+        n = max(0, to_integer(count))
         # Names past the last argument are all "" (one key); the selector follows the N names.
-        names = [_text_arg(name) for name in rest[:n]] + ([""] if n > len(rest) else [])
-        query = _text_arg(rest[n]) if n < len(rest) else ""
+        names = [to_text(name) for name in rest[:n]] + ([""] if n > len(rest) else [])
+        query = to_text(rest[n]) if n < len(rest) else ""
         root, error = _parse(html)
         if root is None:
             return None, error
@@ -268,7 +247,7 @@ def _find_text(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object,
         root, error = _parse(html)
         if root is None:
             return None, error
-        return [_out(element.text()) for element in find_all(root, matcher(_text_arg(query)))], None
+        return [_out(element.text()) for element in find_all(root, matcher(to_text(query)))], None
 
     return find
 

@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
-import lupa.lua51 as lupa51
 import yarl
 
+from msgscript.lua.args import check_self, check_table, check_text, opt_bool
 from msgscript.lua.module import ModuleContext
 from msgscript.lua.runtime import error_text, lua_number_text
 from msgscript.plugins import PluginModules
@@ -44,34 +44,8 @@ REQUEST_TIMEOUT_S = 60.0
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
-class _ArgumentError(Exception):
-    def __init__(self, position: int, function: str, problem: str) -> None:
-        super().__init__(f"bad argument #{position} to '{function}' ({problem})")
-
-
 class VaultError(Exception):
     """A request to the server failed; the text is what the script sees after the operation's prefix."""
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, bytes):
-        return "string"
-    if isinstance(value, int | float):
-        return "number"
-    return lupa51.lua_type(value) or "userdata"
-
-
-def _string(value: object, position: int, function: str) -> str:
-    """luaL_checkstring: a string, or a number written as Lua writes it."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value)
-    raise _ArgumentError(position, function, f"string expected, got {_kind(value)}")
 
 
 def _text(value: object) -> str:
@@ -231,32 +205,27 @@ class VaultClient:
     def lua_object(self) -> dict[str, Callable[..., object]]:
         """The Lua client table: write, read, delete, list."""
 
-        def check(this: object, function: str) -> None:
-            if lupa51.lua_type(this) != "table":
-                raise _ArgumentError(1, function, f"client expected, got {_kind(this)}")
-
         def write(
             this: object = None, path: object = None, data: object = None, mount: object = None, *_: object
         ) -> object:
-            check(this, "write")
-            path_s = _string(path, 2, "write")
-            if lupa51.lua_type(data) != "table":
-                raise _ArgumentError(3, "write", f"table expected, got {_kind(data)}")
-            mount_s = _string(mount, 4, "write")
-            values = {_text(key): _text(value) for key, value in data.items()}  # type: ignore[attr-defined]
+            check_self(this, "write", "client")
+            path_s = check_text(path, 2, "write")
+            table = check_table(data, 3, "write")
+            mount_s = check_text(mount, 4, "write")
+            values = {_text(key): _text(value) for key, value in table.items()}
             return self.write(path_s, values, mount_s)
 
         def read(this: object = None, path: object = None, mount: object = None, *_: object) -> tuple[object, ...]:
-            check(this, "read")
-            return self.read(_string(path, 2, "read"), _string(mount, 3, "read"))
+            check_self(this, "read", "client")
+            return self.read(check_text(path, 2, "read"), check_text(mount, 3, "read"))
 
         def delete(this: object = None, path: object = None, mount: object = None, *_: object) -> object:
-            check(this, "delete")
-            return self.delete(_string(path, 2, "delete"), _string(mount, 3, "delete"))
+            check_self(this, "delete", "client")
+            return self.delete(check_text(path, 2, "delete"), check_text(mount, 3, "delete"))
 
         def list_(this: object = None, path: object = None, mount: object = None, *_: object) -> tuple[object, ...]:
-            check(this, "list")
-            return self.list(_string(path, 2, "list"), _string(mount, 3, "list"))
+            check_self(this, "list", "client")
+            return self.list(check_text(path, 2, "list"), check_text(mount, 3, "list"))
 
         return {"write": write, "read": read, "delete": delete, "list": list_}
 
@@ -273,11 +242,9 @@ class VaultModule:
         def new(
             address: object = None, token: object = None, from_env: object = None, *_: object
         ) -> tuple[object, ...]:
-            address_s = _string(address, 1, "new")
-            token_s = _string(token, 2, "new")
-            if from_env is not None and not isinstance(from_env, bool):
-                raise _ArgumentError(3, "new", f"boolean expected, got {_kind(from_env)}")
-            if from_env:
+            address_s = check_text(address, 1, "new")
+            token_s = check_text(token, 2, "new")
+            if opt_bool(from_env, 3, "new"):
                 address_s = ctx.env.get("VAULT_ADDR") or address_s
                 token_s = ctx.env.get("VAULT_TOKEN") or token_s
             try:

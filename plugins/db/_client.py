@@ -15,68 +15,39 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-import lupa.lua51 as lupa51
-
+from msgscript.lua.args import LuaArgumentError, check_self, is_table, to_number, to_string, to_text
 from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import error_text, lua_number_text
+from msgscript.lua.runtime import error_text
+
+__all__ = [
+    "LuaArgumentError",
+    "Row",
+    "ServerClient",
+    "ServerModule",
+    "SqlClient",
+    "check_client",
+    "milliseconds",
+    "option_port",
+    "option_text",
+    "options_table",
+    "to_string",
+]
 
 log = logging.getLogger(__name__)
 
 Row = dict[str, object]
 
 
-class LuaArgumentError(Exception):
-    """A Lua call got an argument of the wrong kind; its text is the Lua error, as luaL_argerror words it."""
-
-    def __init__(self, position: int, function: str, problem: str) -> None:
-        super().__init__(f"bad argument #{position} to '{function}' ({problem})")
-
-
-def lua_kind(value: object) -> str:
-    """The Lua type name of a value that came from Lua."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, bytes):
-        return "string"
-    if isinstance(value, int | float):
-        return "number"
-    return lupa51.lua_type(value) or "userdata"
-
-
-def to_string(value: object) -> bytes:
-    """A Lua value as lua_tostring would give it for a string or number, else empty (gopher-lua's ToString)."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value).encode()
-    return b""
-
-
-def to_number(value: object) -> float:
-    """A Lua value as a number (strings that read as numbers too), else 0, like gopher-lua's ToInt64."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bytes):
-        try:
-            return float(value)
-        except ValueError:
-            return 0.0
-    return 0.0
-
-
 def check_client(value: object, function: str) -> None:
     """Raise the Lua error for a method called with `.` instead of `:` (no client table first)."""
-    if lupa51.lua_type(value) != "table":
-        raise LuaArgumentError(1, function, f"client expected, got {lua_kind(value)}")
+    check_self(value, function, "client")
 
 
 def options_table(value: object, position: int, function: str, *, required: bool = True) -> dict[str, object]:
     """The string-keyed entries of an options table; raises the Lua argument error when it is not a table."""
     if value is None and not required:
         return {}
-    if lupa51.lua_type(value) != "table":
+    if not is_table(value):
         raise LuaArgumentError(position, function, "options excepted")
     options: dict[str, object] = {}
     for key, item in value.items():  # type: ignore[attr-defined]
@@ -87,8 +58,7 @@ def options_table(value: object, position: int, function: str, *, required: bool
 
 def option_text(options: dict[str, object], key: str, default: str = "") -> str:
     """A string option (numbers are accepted and written as Lua writes them)."""
-    value = to_string(options.get(key))
-    return value.decode("utf-8", "surrogateescape") if value else default
+    return to_text(options.get(key)) or default
 
 
 def option_port(options: dict[str, object], default: int) -> int:

@@ -1,8 +1,8 @@
 """Helpers shared by the gopher-lua-libs modules that touch files, processes and sockets.
 
-Argument checks that raise the texts gopher-lua raises, paths resolved against the execution's own
-directory, OS errors worded the way Go's os package words them (`open x: no such file or directory`),
-and Go's fmt verbs applied to Lua values.
+Argument checks (msgscript.lua.args', under the names these modules use; a numeric string is not a
+number here), paths resolved against the execution's own directory, OS errors worded the way Go's os
+package words them (`open x: no such file or directory`), and Go's fmt verbs applied to Lua values.
 """
 
 from __future__ import annotations
@@ -13,12 +13,28 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable
-from typing import Any
 
-import lupa.lua51 as lupa51
-
+from msgscript.lua.args import LuaArgumentError, check_self, check_string, check_table, is_number, lua_type_name
+from msgscript.lua.args import check_number as _check_number
 from msgscript.lua.module import ModuleContext
 from msgscript.lua.runtime import go_float_text, lua_number_text
+
+__all__ = [
+    "GoFormatter",
+    "GoString",
+    "LuaArgumentError",
+    "argument_error",
+    "check_number",
+    "check_self",
+    "check_string",
+    "check_table",
+    "errno_text",
+    "go_quote",
+    "lua_type_name",
+    "path_error",
+    "resolve",
+    "text",
+]
 
 # Go's syscall error texts where they differ from the C library's.
 _GO_ERRNO_TEXT = {
@@ -36,56 +52,13 @@ _GO_ERRNO_TEXT = {
     errno.ELOOP: "too many levels of symbolic links",
 }
 
-
-class LuaArgumentError(Exception):
-    """A bad argument to a module function; its text is gopher-lua's."""
-
-
-def lua_type_name(value: object) -> str:
-    """The Lua type of a value handed to Python (`nil`, `boolean`, `number`, `string`, `table`, ...)."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, bytes | str):
-        return "string"
-    return lupa51.lua_type(value) or "userdata"
-
-
-def argument_error(position: int, function: str, message: str) -> LuaArgumentError:
-    """`bad argument #N to 'f' (message)`."""
-    return LuaArgumentError(f"bad argument #{position} to '{function}' ({message})")
-
-
-def check_string(value: object, position: int, function: str) -> bytes:
-    """A string argument, as luaL_checkstring takes it: strings, and numbers in their Lua text."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value).encode()
-    raise argument_error(position, function, f"string expected, got {lua_type_name(value)}")
+# Raised as `argument_error(position, function, problem)`.
+argument_error = LuaArgumentError
 
 
 def check_number(value: object, position: int, function: str) -> float:
-    """A number argument; like gopher-lua's checks, a numeric string is not one."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise argument_error(position, function, f"number expected, got {lua_type_name(value)}")
-
-
-def check_table(value: object, position: int, function: str) -> Any:
-    """A table argument."""
-    if lupa51.lua_type(value) != "table":
-        raise argument_error(position, function, f"table expected, got {lua_type_name(value)}")
-    return value
-
-
-def check_self(value: object, function: str, type_name: str) -> None:
-    """The object a method was called on: `obj.m()` instead of `obj:m()` is an error, as in Go."""
-    if lupa51.lua_type(value) != "table":
-        raise argument_error(1, function, f"{type_name} expected, got {lua_type_name(value)}")
+    """A number argument; a numeric string is not one here, as gopher-lua's CheckInt refuses it."""
+    return _check_number(value, position, function, numeric_strings=False)
 
 
 def text(value: bytes) -> str:
@@ -134,10 +107,6 @@ _GO_TYPES = {
 }
 _DIRECTIVE = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d*))?(.?)", re.DOTALL)
 _ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class GoFormatter:
@@ -246,9 +215,9 @@ class GoFormatter:
                 body = ("0X" if verb == "X" else "0x") + body
         elif verb == "t" and isinstance(value, bool):
             body = "true" if value else "false"
-        elif _is_number(value) and verb in "eEfFgG":
+        elif is_number(value) and verb in "eEfFgG":
             body, zero_pad_after_sign = _float_directive(verb, flags, precision, float(value)), True  # type: ignore[arg-type]
-        elif _is_number(value) and verb in "doc" and _is_integral(value):
+        elif is_number(value) and verb in "doc" and _is_integral(value):
             body, zero_pad_after_sign = _integer_directive(verb, flags, precision, int(value)), precision is None  # type: ignore[call-overload]
         if body is None:
             return f"%!{verb}({self.go_type(value)}={self.text(value)})"
@@ -265,7 +234,7 @@ def _star(args: list[object], used: int) -> tuple[int | None, int]:
     if used >= len(args):
         return None, used
     value = args[used]
-    if _is_number(value) and _is_integral(value):
+    if is_number(value) and _is_integral(value):
         return int(value), used + 1  # type: ignore[call-overload]
     return None, used + 1
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import lupa.lua51 as lupa51
-
 from msgscript.etcd import EtcdClient, EtcdError, KeyValue
+from msgscript.lua.args import argument, check_bool, check_string
 from msgscript.lua.module import ModuleContext, lua_chunk
-from msgscript.lua.runtime import error_text, lua_number_text
+from msgscript.lua.runtime import error_text
 
 NOT_CONFIGURED = "etcd is not configured"
 
@@ -86,40 +85,6 @@ end
 """
 
 
-def _kind(args: tuple[object, ...], position: int) -> str:
-    """The Lua type name of an argument, `no value` when it was not passed (gopher-lua's wording)."""
-    if len(args) < position:
-        return "no value"
-    value = args[position - 1]
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, bytes):
-        return "string"
-    if isinstance(value, int | float):
-        return "number"
-    return lupa51.lua_type(value) or "userdata"
-
-
-def _string_arg(args: tuple[object, ...], position: int, function: str) -> bytes:
-    """Like gopher-lua's CheckString: a string, or a number converted to text."""
-    value = args[position - 1] if len(args) >= position else None
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value).encode()
-    raise ValueError(f"bad argument #{position} to '{function}' (string expected, got {_kind(args, position)})")
-
-
-def _bool_arg(args: tuple[object, ...], position: int, function: str) -> bool:
-    """Like gopher-lua's CheckBool: only a boolean will do."""
-    value = args[position - 1] if len(args) >= position else None
-    if isinstance(value, bool):
-        return value
-    raise ValueError(f"bad argument #{position} to '{function}' (boolean expected, got {_kind(args, position)})")
-
-
 class EtcdModule:
     """Builds the `etcd` table (and the `EtcdKV` global) for one execution."""
 
@@ -132,8 +97,8 @@ class EtcdModule:
         ctx.set_global("EtcdKV", kv_metatable)
 
         def put(*args: object) -> object:
-            key = _string_arg(args, 1, "put")
-            value = _string_arg(args, 2, "put")
+            key = check_string(argument(args, 1), 1, "put")
+            value = check_string(argument(args, 2), 2, "put")
             if client is None:
                 return NOT_CONFIGURED
             try:
@@ -143,8 +108,8 @@ class EtcdModule:
             return None
 
         def get(*args: object) -> tuple[object, object]:
-            key = _string_arg(args, 1, "get")
-            prefix = _bool_arg(args, 2, "get")
+            key = check_string(argument(args, 1), 1, "get")
+            prefix = check_bool(argument(args, 2), 2, "get")
             if client is None:
                 return (None, NOT_CONFIGURED)
             kvs: list[KeyValue]
@@ -162,7 +127,7 @@ class EtcdModule:
             return (wrap(flat, len(kvs)), None)
 
         def delete(*args: object) -> object:
-            key = _string_arg(args, 1, "delete")
+            key = check_string(argument(args, 1), 1, "delete")
             if client is None:
                 return (args[-1], NOT_CONFIGURED)
             try:

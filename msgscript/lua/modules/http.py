@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import lupa.lua51 as lupa51
 from multidict import CIMultiDict
 from yarl import URL
 
 from msgscript.durations import parse_duration
+from msgscript.lua.args import check_table, is_number, is_table
 from msgscript.lua.module import ModuleContext
 from msgscript.lua.runtime import error_text, lua_number_text
 
@@ -94,23 +94,6 @@ def _cookie_value(value: bytes) -> str:
     return kept
 
 
-def _kind(value: object) -> str:
-    """The Lua type name of a value."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, bytes):
-        return "string"
-    return str(lupa51.lua_type(value) or "userdata")
-
-
-def _is_table(value: object) -> bool:
-    return bool(lupa51.lua_type(value) == "table")
-
-
 def _field(table: Any, name: bytes) -> Any:
     return table[name] if table is not None else None
 
@@ -119,14 +102,14 @@ def read_request(method: object, url: object, options: object) -> _Request:
     """Read a request's method, URL and options from Lua values, as gluahttp reads them."""
     method_text = (_text(method) or b"").decode("utf-8", "replace").upper() or "GET"
     url_text = (_text(url) or b"").decode("utf-8", "surrogateescape")
-    opts = options if _is_table(options) else None
+    opts = options if is_table(options) else None
     headers = CIMultiDict[str]()
     error: str | None = None
     if not _TOKEN.match(method_text):
         error = f"net/http: invalid method {_go_quote(method_text)}"
 
     cookies = _field(opts, b"cookies")
-    if _is_table(cookies):
+    if is_table(cookies):
         pairs = []
         for key, value in cookies.items():
             name, text = _text(key), _text(value)
@@ -147,7 +130,7 @@ def read_request(method: object, url: object, options: object) -> _Request:
 
     timeout_s: float | None = None
     timeout = _field(opts, b"timeout")
-    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+    if is_number(timeout):
         timeout_s = float(timeout)
     elif isinstance(timeout, bytes):
         try:
@@ -156,7 +139,7 @@ def read_request(method: object, url: object, options: object) -> _Request:
             error = error or str(exc)
 
     auth = _field(opts, b"auth")
-    if error is None and _is_table(auth):
+    if error is None and is_table(auth):
         user, password = auth[b"user"], auth[b"pass"]
         user_text, pass_text = _text(user), _text(password)
         if user is False or password is False or user_text is None or pass_text is None:
@@ -165,7 +148,7 @@ def read_request(method: object, url: object, options: object) -> _Request:
             headers["Authorization"] = "Basic " + base64.b64encode(user_text + b":" + pass_text).decode("ascii")
 
     extra = _field(opts, b"headers")
-    if _is_table(extra):
+    if is_table(extra):
         for key, value in extra.items():
             name, text = _text(key), _text(value)
             if name is not None and text is not None:
@@ -416,13 +399,11 @@ class HttpModule:
             return run(read_request(method, url, options))
 
         def request_batch(requests: Any = None, *_: object) -> tuple[object, ...]:
-            if not _is_table(requests):
-                kind = _kind(requests)
-                raise RuntimeError(f"bad argument #1 to 'request_batch' (table expected, got {kind})")
+            check_table(requests, 1, "request_batch")
             batch: list[_Request] = []
             for index in range(1, len(requests) + 1):
                 entry = requests[index]
-                if _is_table(entry):
+                if is_table(entry):
                     batch.append(read_request(entry[1], entry[2], entry[3]))
                 else:
                     batch.append(_Request("GET", "", None, (), None, None, error="Request must be a table"))

@@ -17,10 +17,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import lupa.lua51 as lupa51
-
+from msgscript.lua.args import check_string, opt_number
 from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import as_text, lua_number_text
+from msgscript.lua.runtime import as_text
 
 _MODES = {
     stat.S_IFREG: "file",
@@ -33,36 +32,9 @@ _MODES = {
 }
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    return lupa51.lua_type(value) or "userdata"
-
-
-def _string(value: object, position: int, function: str) -> bytes:
-    """A string argument, as luaL_checkstring takes it (numbers become their text)."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value).encode()
-    raise _ArgumentError(f"bad argument #{position} to '{function}' (string expected, got {_kind(value)})")
-
-
 def _time(value: object, default: int, position: int) -> int:
-    """An optional whole number of seconds (touch's atime and mtime)."""
-    if value is None:
-        return default
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    raise _ArgumentError(f"bad argument #{position} to 'touch' (number expected, got {_kind(value)})")
+    """touch's optional atime and mtime: whole seconds (numbers are truncated, numeric strings refused)."""
+    return int(opt_number(value, position, "touch", default, numeric_strings=False))
 
 
 def _go_error(op: str, paths: tuple[bytes, ...], exc: OSError) -> str:
@@ -121,7 +93,7 @@ class LfsModule:
 
         def attributes_of(function: str, follow: bool) -> Callable[..., tuple[object, ...]]:
             def attributes(path: object = None, field: object = None, *_: object) -> tuple[object, ...]:
-                name = _string(path, 1, function)
+                name = check_string(path, 1, function)
                 try:
                     st = os.stat(resolve(name)) if follow else os.lstat(resolve(name))
                 except OSError as exc:
@@ -133,13 +105,13 @@ class LfsModule:
                     except OSError:
                         pass
                 if field is not None:
-                    return (table.get(as_text(_string(field, 2, function))),)
+                    return (table.get(as_text(check_string(field, 2, function))),)
                 return (table,)
 
             return attributes
 
         def chdir(path: object = None, *_: object) -> tuple[object, ...]:
-            name = _string(path, 1, "chdir")
+            name = check_string(path, 1, "chdir")
             target = resolve(name)
             try:
                 if not stat.S_ISDIR(os.stat(target).st_mode):
@@ -155,7 +127,7 @@ class LfsModule:
             return (ctx.workdir(),)
 
         def dir_(path: object = None, *_: object) -> tuple[object, ...]:
-            name = _string(path, 1, "dir")
+            name = check_string(path, 1, "dir")
             target = resolve(name)
             try:
                 if not stat.S_ISDIR(os.stat(target).st_mode):
@@ -179,7 +151,7 @@ class LfsModule:
             return (step, {"next": step, "close": close})
 
         def mkdir(path: object = None, *_: object) -> tuple[object, ...]:
-            name = _string(path, 1, "mkdir")
+            name = check_string(path, 1, "mkdir")
             try:
                 os.mkdir(resolve(name), 0o755)
             except OSError as exc:
@@ -187,7 +159,7 @@ class LfsModule:
             return (True,)
 
         def rmdir(path: object = None, *_: object) -> tuple[object, ...]:
-            name = _string(path, 1, "rmdir")
+            name = check_string(path, 1, "rmdir")
             target = resolve(name)
             try:
                 if not stat.S_ISDIR(os.stat(target).st_mode):
@@ -201,8 +173,8 @@ class LfsModule:
             return (True,)
 
         def link(old: object = None, new: object = None, symlink: object = None, *_: object) -> tuple[object, ...]:
-            source = _string(old, 1, "link")
-            name = _string(new, 2, "link")
+            source = check_string(old, 1, "link")
+            name = check_string(new, 2, "link")
             is_symlink = symlink is not None and symlink is not False
             try:
                 if is_symlink:
@@ -215,7 +187,7 @@ class LfsModule:
             return (True,)
 
         def touch(path: object = None, atime: object = None, mtime: object = None, *_: object) -> tuple[object, ...]:
-            name = _string(path, 1, "touch")
+            name = check_string(path, 1, "touch")
             access = _time(atime, int(time.time()), 2)
             modification = _time(mtime, access, 3)
             try:

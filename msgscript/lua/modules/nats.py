@@ -10,27 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import lupa.lua51 as lupa51
-
+from msgscript.lua.args import check_string, is_number, opt_string
 from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import error_text, lua_number_text
+from msgscript.lua.runtime import error_text
 
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 NOT_CONNECTED = "Not connected to NATS"
-
-
-class _ArgumentError(Exception):
-    pass
-
-
-def _string_arg(value: object, position: int, function: str) -> bytes:
-    """Coerce a Lua argument to bytes like luaL_checkstring: strings and numbers only."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value).encode()
-    kind = "nil" if value is None else "boolean" if isinstance(value, bool) else lupa51.lua_type(value) or "userdata"
-    raise _ArgumentError(f"bad argument #{position} to '{function}' (string expected, got {kind})")
 
 
 def _subject(value: bytes) -> str:
@@ -47,8 +32,8 @@ class NatsModule:
         nc = ctx.nats
 
         def publish(subject: object = None, data: object = None, *_: object) -> tuple[object, ...]:
-            subject_b = _string_arg(subject, 1, "publish")
-            data_b = _string_arg(data, 2, "publish")
+            subject_b = check_string(subject, 1, "publish")
+            data_b = check_string(data, 2, "publish")
             if nc is None:
                 return (False, NOT_CONNECTED)
             try:
@@ -60,12 +45,12 @@ class NatsModule:
         def request(
             subject: object = None, data: object = None, timeout_s: object = None, *_: object
         ) -> tuple[object, ...]:
-            subject_b = _string_arg(subject, 1, "request")
-            data_b = b"" if data is None else _string_arg(data, 2, "request")
+            subject_b = check_string(subject, 1, "request")
+            data_b = opt_string(data, 2, "request")
             if nc is None:
                 return (None, NOT_CONNECTED)
             timeout = DEFAULT_REQUEST_TIMEOUT_S
-            if isinstance(timeout_s, int | float) and not isinstance(timeout_s, bool) and timeout_s > 0:
+            if is_number(timeout_s) and timeout_s > 0:
                 timeout = float(timeout_s)
             timeout = min(timeout, ctx.remaining_s())
             if timeout <= 0:

@@ -18,15 +18,15 @@ except that `find` finds nothing when its first capture took no part (as gluare 
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import lupa.lua51 as lupa51
 import re2
 
+from msgscript.lua.args import LuaArgumentError, check_string, lua_type_name, opt_number
 from msgscript.lua.module import ModuleContext, lua_chunk
-from msgscript.lua.runtime import lua_number_text
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False
@@ -92,46 +92,11 @@ end
 """
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, bytes):
-        return "string"
-    return lupa51.lua_type(value) or "userdata"
-
-
-def _string(value: object, position: int, function: str) -> bytes:
-    """A string argument, as luaL_checkstring takes it (numbers become their text)."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return lua_number_text(value).encode()
-    raise _ArgumentError(f"bad argument #{position} to '{function}' (string expected, got {_kind(value)})")
-
-
 def _integer(value: object, default: int, position: int, function: str) -> int:
-    """An optional integer argument (numbers are truncated, numeric strings converted)."""
-    if value is None:
-        return default
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number: float = value
-    elif isinstance(value, bytes):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            number = float("nan")
-    else:
-        number = float("nan")
-    if number != number or number in (float("inf"), float("-inf")):
-        raise _ArgumentError(f"bad argument #{position} to '{function}' (number expected, got {_kind(value)})")
+    """An optional integer argument: numbers are truncated, numeric strings read; NaN and infinities refused."""
+    number = opt_number(value, position, function, default)
+    if not math.isfinite(number):
+        raise LuaArgumentError(position, function, f"number expected, got {lua_type_name(value)}")
     return int(number)
 
 
@@ -278,8 +243,8 @@ def _start_index(init: int, length: int) -> int:
 
 def find(s: object = None, pattern: object = None, init: object = None, plain: object = None, *_: object) -> Any:
     """re.find: start, end and captures of the first match at or after init, or nil."""
-    subject = _string(s, 1, "find")
-    pat = _string(pattern, 2, "find")
+    subject = check_string(s, 1, "find")
+    pat = check_string(pattern, 2, "find")
     if not subject and not pat:
         return (1, 0)
     offset = _start_index(_integer(init, 1, 3, "find"), len(subject))
@@ -301,8 +266,8 @@ def find(s: object = None, pattern: object = None, init: object = None, plain: o
 
 def match(s: object = None, pattern: object = None, init: object = None, *_: object) -> Any:
     """re.match: the captures (or the whole match) of the first match at or after init, or nil."""
-    subject = _string(s, 1, "match")
-    pat = _string(pattern, 2, "match")
+    subject = check_string(s, 1, "match")
+    pat = check_string(pattern, 2, "match")
     offset = _start_index(_integer(init, 1, 3, "match"), len(subject))
     rx = compile_pattern(pat)
     rest = subject[offset:]
@@ -314,8 +279,8 @@ def match(s: object = None, pattern: object = None, init: object = None, *_: obj
 
 def gmatch(s: object = None, pattern: object = None, *_: object) -> Callable[..., Any]:
     """re.gmatch: an iterator over the captures (or whole matches) of successive matches."""
-    subject = _string(s, 1, "gmatch")
-    rx = compile_pattern(_string(pattern, 2, "gmatch"))
+    subject = check_string(s, 1, "gmatch")
+    rx = compile_pattern(check_string(pattern, 2, "gmatch"))
     matches = iter_matches(rx, subject)
 
     def step(*_: object) -> Any:
@@ -331,14 +296,14 @@ def _gsub_prepare(s: object = None, pattern: object = None, repl: object = None,
     """The Python half of re.gsub: (0, result, count) for a string replacement, (1, error) on bad
     arguments, (2, subject, matches, groups) for a table or function replacement, done in Lua."""
     try:
-        subject = _string(s, 1, "gsub")
-        pat = _string(pattern, 2, "gsub")
-        kind = _kind(repl)
+        subject = check_string(s, 1, "gsub")
+        pat = check_string(pattern, 2, "gsub")
+        kind = lua_type_name(repl)
         if kind not in ("string", "number", "table", "function"):
-            raise _ArgumentError(f"bad argument #3 to 'gsub' (string/table/function expected, got {kind})")
+            raise LuaArgumentError(3, "gsub", f"string/table/function expected, got {kind}")
         limit = _integer(n, -1, 4, "gsub")
         rx = compile_pattern(pat)
-    except (_ArgumentError, ValueError) as exc:
+    except (LuaArgumentError, ValueError) as exc:
         return (1, str(exc))
     if limit == 0:
         return (0, subject, 0)
@@ -348,7 +313,7 @@ def _gsub_prepare(s: object = None, pattern: object = None, repl: object = None,
             start, stop = spans[0]
             rows.append([start + 1, stop, *(subject[a:b] if a >= 0 else b"" for a, b in spans[1:])])
         return (2, subject, rows, rx.groups)
-    template = _string(repl, 3, "gsub")
+    template = check_string(repl, 3, "gsub")
     names = dict(rx.groupindex)
     out = bytearray()
     last = count = 0
@@ -364,7 +329,7 @@ def _gsub_prepare(s: object = None, pattern: object = None, repl: object = None,
 
 def quote(s: object = None, *_: object) -> bytes:
     """re.quote: the string with Go's regexp metacharacters escaped."""
-    return _quote(_string(s, 1, "quote"))
+    return _quote(check_string(s, 1, "quote"))
 
 
 class ReModule:
