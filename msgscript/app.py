@@ -9,10 +9,11 @@ import signal
 from collections.abc import AsyncIterator
 
 from msgscript.catalog import Catalog
-from msgscript.cluster import NoLock
+from msgscript.cluster import EtcdLock, Lock, NoLock
 from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
+from msgscript.etcd import open_etcd
 from msgscript.executors import open_executors
 from msgscript.http import http_site
 from msgscript.nats_server import NatsSubscriber, connect_nats
@@ -27,14 +28,17 @@ SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT
 async def running(settings: Settings) -> AsyncIterator[Dispatcher]:
     """Start the daemon's parts; on exit stop intake, finish in-flight work and close everything."""
     async with contextlib.AsyncExitStack() as stack:
+        # One etcd client for the store, the cluster lock and the Lua `etcd` module; it dials on first use.
+        etcd = await stack.enter_async_context(open_etcd(settings))
         try:
-            store = await stack.enter_async_context(open_store(settings))
+            store = await stack.enter_async_context(open_store(settings, etcd))
         except ConfigError as exc:
             raise ConfigError(f"failed to initialize the script store: {exc}") from exc
         log.info("Starting %s backend", settings.backend)
+        lock: Lock = EtcdLock(etcd) if settings.backend == "etcd" else NoLock()
         nc = await stack.enter_async_context(connect_nats(settings))
-        executors = await stack.enter_async_context(open_executors(settings, nc))
-        dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=settings.script_timeout_s)
+        executors = await stack.enter_async_context(open_executors(settings, nc, etcd=etcd))
+        dispatcher = Dispatcher(store, executors, lock, script_timeout_s=settings.script_timeout_s)
         catalog = Catalog(store)
         await stack.enter_async_context(NatsSubscriber(nc, dispatcher, catalog, settings))
         # Entered last so that it stops first: in-flight HTTP requests finish while NATS and the executors are up.

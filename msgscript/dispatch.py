@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from msgscript.cluster import Lock, lock_key
 from msgscript.durations import format_duration
-from msgscript.errors import LibraryNotFound, ScriptError, ScriptTimeout, StoreError
+from msgscript.errors import LibraryNotFound, LockError, ScriptError, ScriptTimeout, StoreError
 from msgscript.executors.base import Executor, RunContext
 from msgscript.message import Message, Reply, Result
 from msgscript.script import Script
@@ -45,22 +45,21 @@ class Dispatcher:
         if not scripts:
             return Reply(error=no_scripts_error(message.subject))
         if len(scripts) == 1:
-            result = await self.run(scripts[0], message)
-            return Reply(results=() if result is None else (result,))
-        results: list[Result] = []
-
-        async def run_into(script: Script) -> None:
-            result = await self.run(script, message)
-            if result is not None:
-                results.append(result)
-
+            return Reply(results=(await self.run(scripts[0], message),))
         async with asyncio.TaskGroup() as group:
-            for script in scripts:
-                group.create_task(run_into(script), name=f"msgscript:{script.subject}:{script.name}")
-        return Reply(results=tuple(results))
+            tasks = [
+                group.create_task(self.run(script, message), name=f"msgscript:{script.subject}:{script.name}")
+                for script in scripts
+            ]
+        return Reply(results=tuple(task.result() for task in tasks))
 
-    async def run(self, script: Script, message: Message) -> Result | None:
-        """Run one script; None when another instance holds its lock past the deadline."""
+    async def run(self, script: Script, message: Message) -> Result:
+        """Run one script under its lock (`lock: true`) and deadline; every failure becomes an error Result.
+
+        The lock wait counts against the script's timeout. When the lock cannot be had before it, the
+        result error is `failed to get lock: timed out after <timeout>`; when etcd fails, it is
+        `failed to get lock on key <name>_lock: <reason>`.
+        """
         timeout_s = script.timeout_s or self._timeout_s
         deadline = time.monotonic() + timeout_s
         executor = self._executors.get(script.executor_name)
@@ -75,11 +74,14 @@ class Dispatcher:
                 return await self._run_with_backstop(executor, script, message, ctx)
             async with self._lock.hold(lock_key(script.name), timeout_s) as acquired:
                 if not acquired:
-                    log.info("lock not acquired script=%s subject=%s", script.name, script.subject)
-                    return None
+                    log.info("lock not acquired script=%s subject=%s after=%s", script.name, script.subject, timeout_s)
+                    return Result.failure(f"failed to get lock: timed out after {format_duration(timeout_s)}")
                 return await self._run_with_backstop(executor, script, message, ctx)
         except LibraryNotFound as exc:
             return Result.failure(f"failed to read librairies: {exc}")
+        except LockError as exc:
+            log.warning("lock failed script=%s subject=%s: %s", script.name, script.subject, exc)
+            return Result.failure(str(exc))
         except (ScriptTimeout, TimeoutError):
             log.info("script timed out script=%s subject=%s after=%s", script.name, script.subject, timeout_s)
             return Result.failure(f"script timed out after {format_duration(timeout_s)}")

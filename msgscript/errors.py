@@ -33,3 +33,7 @@ class ScriptError(MsgscriptError):
 
 class ScriptTimeout(ScriptError):
     """Raised by an executor when the script ran past its deadline."""
+
+
+class LockError(MsgscriptError):
+    """Raised when the cluster lock of a script cannot be taken because etcd failed; the text is the result error."""

@@ -1,4 +1,5 @@
-"""The daemon's etcd client: one shared connection for the `etcd` Lua module and the etcd script store.
+"""The daemon's etcd client: one shared connection for the `etcd` Lua module, the etcd script store and the
+cluster lock.
 
 Built on aetcd (etcd v3 over gRPC). Nothing is dialled when the client is opened, so a daemon whose
 etcd is down (or unused) starts; the first request connects. Every request carries its own timeout.
@@ -7,6 +8,11 @@ Several endpoints give failover: a request goes to the endpoint that answered la
 the start); when it cannot connect, the next endpoint is tried, within the same timeout. An endpoint
 that is not connected yet gets at most `connect_timeout_s` of it, so an address that swallows packets
 does not eat the whole budget while another endpoint may answer.
+
+Besides plain key operations the client offers what the store and the lock need: ranges that report
+the store revision they saw (`range`), watches that resume from a revision and notice a silent stream
+(`watch`, `Watch`), and leases (`grant_lease`, `keep_alive`, `revoke_lease`). gRPC reconnects a lost
+channel by itself (backoff capped at 2 s); a request made meanwhile fails at once with EtcdUnavailable.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from urllib.parse import urlsplit
 
 import aetcd
 import grpc
+import grpc.aio
+from aetcd import rpc
 
 from msgscript.config import Settings
 from msgscript.durations import format_duration
@@ -34,6 +42,8 @@ T = TypeVar("T")
 DEFAULT_PORT = 2379
 CONNECT_TIMEOUT_S = 3.0
 """How long an endpoint that is not connected yet may take before the next one is tried (Go's dial timeout)."""
+WATCH_IDLE_S = 5.0
+"""How long a watch may stay quiet before it asks etcd whether the stream is still alive."""
 # gRPC waits up to two minutes between reconnection attempts by default: after an etcd restart the
 # daemon would keep failing long after etcd is back. Range answers may exceed gRPC's 4 MiB default.
 _CHANNEL_OPTIONS = {
@@ -59,6 +69,17 @@ class EtcdUnavailable(EtcdError):
         else:
             message = "no etcd endpoint is reachable: " + "; ".join(f"{e}: {r}" for e, r in failures)
         super().__init__(message)
+
+
+class WatchCompacted(EtcdError):
+    """Raised by a watch whose start revision etcd has compacted away: the changes since are lost.
+
+    The watcher must read the current state again and watch from that read's revision.
+    """
+
+    def __init__(self, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(f"etcd has compacted its history up to revision {compact_revision}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +174,163 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
     return prefix, bytes(end)
 
 
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """The answer to a range read."""
+
+    kvs: tuple[KeyValue, ...]
+    revision: int
+    """The store revision the read saw: every change up to it is reflected in `kvs`."""
+    cluster_id: int
+    """The ID of the etcd cluster that answered (a cluster rebuilt from scratch may have another)."""
+    count: int
+    """How many keys matched (more than len(kvs) with a limit or `count_only`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change seen by a watch."""
+
+    deleted: bool
+    kv: KeyValue
+    """For a deletion: the key, an empty value, and the revision of the deletion as `mod_revision`."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """The changes of one watch response, in revision order."""
+
+    events: tuple[WatchEvent, ...]
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last change in the batch: a watch resumed after it misses nothing."""
+        return max(event.kv.mod_revision for event in self.events)
+
+
+_PROGRESS_REQUEST = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
+
+
+def _rpc_failure(exc: grpc.aio.AioRpcError, endpoint: str) -> EtcdError:
+    """An RPC error as one of ours: unreachable for transport failures, etcd's own text otherwise."""
+    details = exc.details() or exc.code().name
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+        return EtcdUnavailable([(endpoint, details)])
+    return EtcdError(details)
+
+
+class Watch:
+    """An open watch on one key or key prefix (`EtcdClient.watch`); close it with `close` or `async with`.
+
+    `next` returns the changes of the next watch response. While nothing happens, the watch asks etcd
+    every `idle_s` to confirm the stream is alive (a progress request) and gives up with EtcdUnavailable
+    when no answer comes within `timeout_s`, so a silent network failure ends the watch instead of
+    leaving it waiting forever. A broken stream raises EtcdUnavailable, a start revision etcd no longer
+    holds raises WatchCompacted; either way the watch is finished and a new one must be opened.
+    """
+
+    def __init__(self, call: Any, endpoint: str, *, idle_s: float, timeout_s: float) -> None:
+        self._call = call
+        self._endpoint = endpoint
+        self._idle_s = idle_s
+        self._timeout_s = timeout_s
+        # A read in progress outlives a timed-out wait: cancelling a gRPC read would cancel the whole stream.
+        self._pending: asyncio.Future[Any] | None = None
+        self.watch_id: int | None = None
+
+    async def __aenter__(self) -> Watch:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def next(self) -> WatchBatch:
+        """The next changes.
+
+        Raises:
+            EtcdUnavailable: the stream broke, or etcd stopped answering on it.
+            WatchCompacted: etcd no longer holds the history from the start revision.
+            EtcdError: etcd cancelled the watch for another reason.
+        """
+        probing = False
+        while True:
+            try:
+                response = await self._read(self._timeout_s if probing else self._idle_s)
+            except grpc.aio.AioRpcError as exc:
+                raise _rpc_failure(exc, self._endpoint) from exc
+            if response is None:
+                if probing:
+                    reason = f"the watch stream got no answer within {format_duration(self._timeout_s)}"
+                    raise EtcdUnavailable([(self._endpoint, reason)])
+                await self._send(_PROGRESS_REQUEST)
+                probing = True
+                continue
+            probing = False
+            self._check(response)
+            if response.events and response.watch_id == self.watch_id:
+                return WatchBatch(tuple(_event(event) for event in response.events))
+
+    async def close(self) -> None:
+        """End the watch (cancels the stream); safe to call more than once."""
+        self._call.cancel()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await asyncio.wait({pending}, timeout=1.0)
+            if pending.done():
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: the stream's end is expected here
+            else:
+                pending.cancel()
+
+    async def _wait_created(self) -> None:
+        """Wait for etcd to confirm the watch; RPC errors are left raw for the client's endpoint failover."""
+        while self.watch_id is None:
+            response = await self._read(None)
+            if response is None:  # pragma: no cover - no timeout was given
+                continue
+            if response.created:
+                self._check(response)
+                self.watch_id = int(response.watch_id)
+
+    async def _read(self, timeout_s: float | None) -> Any | None:
+        """The next response, or None when none came within timeout_s."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._call.read())
+        done, _ = await asyncio.wait({self._pending}, timeout=timeout_s)
+        if not done:
+            return None
+        pending, self._pending = self._pending, None
+        response = pending.result()
+        if response is grpc.aio.EOF:
+            raise EtcdUnavailable([(self._endpoint, "the watch stream was closed")])
+        return response
+
+    async def _send(self, request: Any) -> None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._call.write(request)
+        except TimeoutError:
+            reason = f"the watch stream took no request within {format_duration(self._timeout_s)}"
+            raise EtcdUnavailable([(self._endpoint, reason)]) from None
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_failure(exc, self._endpoint) from exc
+        except asyncio.InvalidStateError:
+            pass  # the stream has ended: the next read says why
+
+    @staticmethod
+    def _check(response: Any) -> None:
+        if response.compact_revision:
+            raise WatchCompacted(int(response.compact_revision))
+        if response.canceled:
+            raise EtcdError(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
+
+
+def _event(event: Any) -> WatchEvent:
+    return WatchEvent(deleted=event.type == rpc.Event.DELETE, kv=KeyValue.from_aetcd(event.kv))
+
+
 def _is_connected(client: Any) -> bool:
     channel = client.channel
     return channel is not None and channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
@@ -173,6 +351,7 @@ class EtcdClient:
         self._clients: dict[int, Any] = {}
         self._current = 0
         self._reachable = True
+        self._answered = False
         self._closed = False
 
     @property
@@ -195,10 +374,11 @@ class EtcdClient:
         for client in clients.values():
             await client.close()
 
-    async def put(self, key: bytes | str, value: bytes | str, *, timeout_s: float) -> None:
-        """Set key to value."""
+    async def put(self, key: bytes | str, value: bytes | str, *, lease: int = 0, timeout_s: float) -> int:
+        """Set key to value, attached to `lease` when not 0; returns the revision of the change."""
         key_b, value_b = _as_bytes(key), _as_bytes(value)
-        await self._request(lambda client: client.put(key_b, value_b), timeout_s)
+        done = await self._request(lambda client: client.put(key_b, value_b, lease=lease or None), timeout_s)
+        return int(done.header.revision)
 
     async def get(self, key: bytes | str, *, timeout_s: float) -> KeyValue | None:
         """The key, or None if it does not exist."""
@@ -208,23 +388,152 @@ class EtcdClient:
 
     async def get_prefix(self, prefix: bytes | str, *, timeout_s: float) -> list[KeyValue]:
         """Every key starting with prefix, in key order (the empty prefix is the whole keyspace)."""
-        start, end = prefix_range(_as_bytes(prefix))
-        found = await self._request(
-            lambda client: client.get_range(start, end, sort_order="ascend", sort_target="key"), timeout_s
-        )
-        return [KeyValue.from_aetcd(kv) for kv in found.kvs]
+        return list((await self.range(prefix, prefix=True, timeout_s=timeout_s)).kvs)
 
-    async def delete(self, key: bytes | str, *, timeout_s: float) -> bool:
-        """Delete key; False if it did not exist."""
+    async def range(
+        self,
+        key: bytes | str,
+        *,
+        prefix: bool = False,
+        timeout_s: float,
+        sort_by: str = "key",
+        descending: bool = False,
+        limit: int = 0,
+        max_create_revision: int = 0,
+        count_only: bool = False,
+    ) -> RangeResult:
+        """Read one key, or every key starting with it when `prefix`, with the revision the read saw.
+
+        `sort_by` is `key`, `create` (creation revision), `mod`, `version` or `value`; `limit` 0 means no
+        limit; `max_create_revision` (when not 0) keeps only keys created at or before that revision;
+        `count_only` returns no keys, only the count and the revision.
+        """
+        start = _as_bytes(key)
+        end = b""
+        if prefix:
+            start, end = prefix_range(start)
+        request = rpc.RangeRequest(
+            key=start,
+            range_end=end,
+            limit=limit,
+            sort_target=rpc.RangeRequest.SortTarget.Value(sort_by.upper()),
+            sort_order=rpc.RangeRequest.SortOrder.Value("DESCEND" if descending else "ASCEND"),
+            max_create_revision=max_create_revision,
+            count_only=count_only,
+        )
+
+        async def read(client: Any) -> Any:
+            await client.connect()
+            return await client.kvstub.Range(request, metadata=client.metadata)
+
+        found = await self._request(read, timeout_s)
+        return RangeResult(
+            kvs=tuple(KeyValue.from_aetcd(kv) for kv in found.kvs),
+            revision=int(found.header.revision),
+            cluster_id=int(found.header.cluster_id),
+            count=int(found.count),
+        )
+
+    async def delete(self, key: bytes | str, *, timeout_s: float) -> int | None:
+        """Delete key; the revision of the deletion, or None if the key did not exist."""
         key_b = _as_bytes(key)
-        deleted = await self._request(lambda client: client.delete(key_b), timeout_s)
-        return deleted is not None
+        request = rpc.DeleteRangeRequest(key=key_b)
+
+        async def delete(client: Any) -> Any:
+            await client.connect()
+            return await client.kvstub.DeleteRange(request, metadata=client.metadata)
+
+        deleted = await self._request(delete, timeout_s)
+        return int(deleted.header.revision) if deleted.deleted else None
 
     async def delete_prefix(self, prefix: bytes | str, *, timeout_s: float) -> int:
         """Delete every key starting with prefix; returns how many were deleted."""
         start, end = prefix_range(_as_bytes(prefix))
         deleted = await self._request(lambda client: client.delete_range(start, end), timeout_s)
         return int(deleted.deleted)
+
+    async def watch(
+        self,
+        key: bytes | str,
+        *,
+        prefix: bool = False,
+        start_revision: int = 0,
+        timeout_s: float,
+        idle_s: float = WATCH_IDLE_S,
+    ) -> Watch:
+        """Watch one key, or every key starting with it when `prefix`, from `start_revision` (0: from now).
+
+        Returns once etcd has confirmed the watch (within timeout_s); changes from the start revision on
+        are then delivered in order by `Watch.next`, which also uses timeout_s for its liveness checks.
+        A start revision newer than etcd's current one is legal: the watch waits for it.
+        """
+        start = _as_bytes(key)
+        end = b""
+        if prefix:
+            start, end = prefix_range(start)
+        request = rpc.WatchRequest(
+            create_request=rpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
+        )
+
+        async def open_watch(client: Any) -> Watch:
+            await client.connect()
+            call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
+            watch = Watch(call, self._name_of(client), idle_s=idle_s, timeout_s=timeout_s)
+            try:
+                await call.write(request)
+                await watch._wait_created()
+            except BaseException:
+                await watch.close()
+                raise
+            return watch
+
+        return await self._request(open_watch, timeout_s)
+
+    async def grant_lease(self, ttl_s: int, *, timeout_s: float) -> int:
+        """A new lease that expires ttl_s seconds after its last keep-alive; returns its ID."""
+        request = rpc.LeaseGrantRequest(TTL=ttl_s)
+
+        async def grant(client: Any) -> Any:
+            await client.connect()
+            return await client.leasestub.LeaseGrant(request, metadata=client.metadata)
+
+        granted = await self._request(grant, timeout_s)
+        if granted.error:
+            raise EtcdError(granted.error)
+        return int(granted.ID)
+
+    async def keep_alive(self, lease_id: int, *, timeout_s: float) -> int:
+        """Renew a lease; returns its new time to live in seconds, 0 when it no longer exists (expired, revoked)."""
+        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
+
+        async def renew(client: Any) -> Any:
+            await client.connect()
+            call = client.leasestub.LeaseKeepAlive(metadata=client.metadata)
+            try:
+                await call.write(request)
+                await call.done_writing()
+                return await call.read()
+            finally:
+                call.cancel()
+
+        answer = await self._request(renew, timeout_s)
+        return 0 if answer is grpc.aio.EOF else int(answer.TTL)
+
+    async def revoke_lease(self, lease_id: int, *, timeout_s: float) -> bool:
+        """Revoke a lease, deleting the keys attached to it; False when it no longer existed."""
+        request = rpc.LeaseRevokeRequest(ID=lease_id)
+
+        async def revoke(client: Any) -> bool:
+            await client.connect()
+            try:
+                await client.leasestub.LeaseRevoke(request, metadata=client.metadata)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+            return True
+
+        return await self._request(revoke, timeout_s)
 
     async def _request(self, operation: Callable[[Any], Awaitable[T]], timeout_s: float) -> T:
         """Run operation on an aetcd client, moving to the next endpoint when one cannot be reached."""
@@ -245,27 +554,40 @@ class EtcdClient:
             # An endpoint that is not connected yet may not use up the time the next one could answer in.
             connecting = step < len(endpoints) - 1 and not _is_connected(client) and self._connect_timeout_s < remaining
             limit = self._connect_timeout_s if connecting else remaining
+            waited = self._connect_timeout_s if connecting else timeout_s
             try:
                 async with asyncio.timeout(limit):
                     result = await operation(client)
             except (TimeoutError, aetcd.ConnectionTimeoutError):
-                waited = self._connect_timeout_s if connecting else timeout_s
                 failures.append((name, f"no answer within {format_duration(waited)}"))
                 continue
             except aetcd.ConnectionFailedError as exc:
                 failures.append((name, str(exc) or "connection failed"))
                 continue
+            except EtcdUnavailable as exc:
+                failures.append((name, str(exc).removeprefix(f"etcd at {name} is unreachable: ")))
+                continue
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    failures.append((name, f"no answer within {format_duration(waited)}"))
+                    continue
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    failures.append((name, exc.details() or "connection failed"))
+                    continue
+                raise EtcdError(exc.details() or exc.code().name) from exc
             except aetcd.ClientError as exc:
                 raise EtcdError(str(exc) or type(exc).__name__) from exc
             if index != self._current or not self._reachable:
                 log.info("etcd: using endpoint %s", name)
                 self._current, self._reachable = index, True
+            self._answered = True
             return result
         error = EtcdUnavailable(failures)
-        # Logged once per outage, not once per request.
-        if self._reachable:
+        # Logged once per outage, not once per request; before etcd ever answered, the caller reports it
+        # (a daemon that cannot load its etcd store says so in one line).
+        if self._reachable and self._answered:
             log.error("%s", error)
-            self._reachable = False
+        self._reachable = False
         raise error
 
     def _parsed(self) -> tuple[Endpoint, ...]:
@@ -284,6 +606,10 @@ class EtcdClient:
             client = aetcd.Client(host=endpoint.host, port=endpoint.port, options=_CHANNEL_OPTIONS)
             self._clients[index] = client
         return client
+
+    def _name_of(self, client: Any) -> str:
+        endpoints = self._parsed()
+        return next((str(endpoints[i]) for i, c in self._clients.items() if c is client), "etcd")
 
 
 @contextlib.asynccontextmanager

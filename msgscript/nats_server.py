@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 _EMBEDDED_READY_TIMEOUT_S = 10.0
 _PROBE_TIMEOUT_S = 1.0
 _ASYNC_ACK = b"{}"
+RESYNC_RETRY_S = 1.0
+"""How long to wait before updating the subscriptions again after a failure (NATS away, say)."""
 
 
 async def _nats_answers(host: str, port: int) -> bool:
@@ -166,8 +168,10 @@ class NatsSubscriber:
         self._literal: set[str] = set()
         self._patterns: list[str] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drains: set[asyncio.Task[None]] = set()
         self._sync_lock = asyncio.Lock()
         self._resync: asyncio.Task[None] | None = None
+        self._dirty = False
 
     async def __aenter__(self) -> NatsSubscriber:
         for subject in INTERNAL_SUBJECTS:
@@ -192,6 +196,8 @@ class NatsSubscriber:
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("subscription drain did not finish: %s", result)
+        if self._drains:
+            await asyncio.wait(set(self._drains))  # each is bounded by the grace period
         if self._tasks:
             log.info("waiting for %d messages in flight", len(self._tasks))
             done, pending = await asyncio.wait(set(self._tasks), timeout=self._grace_period_s)
@@ -202,8 +208,33 @@ class NatsSubscriber:
             log.info("stopped: %d messages finished, %d cancelled", len(done), len(pending))
 
     def _schedule_sync(self) -> None:
+        # A change that lands while a sync runs is picked up by another round of the same task.
+        self._dirty = True
         if self._resync is None or self._resync.done():
-            self._resync = asyncio.get_running_loop().create_task(self.sync(), name="msgscript:resubscribe")
+            self._resync = asyncio.get_running_loop().create_task(self._resync_loop(), name="msgscript:resubscribe")
+
+    async def _resync_loop(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            try:
+                await self.sync()
+            except Exception as exc:
+                log.error("failed to update the NATS subscriptions: %s", exc)
+                self._dirty = True
+                await asyncio.sleep(RESYNC_RETRY_S)
+
+    def _release(self, subject: str, sub: Subscription) -> None:
+        """Stop taking messages for a subject whose scripts are gone; those already delivered still run."""
+
+        async def drain() -> None:
+            try:
+                await asyncio.wait_for(sub.drain(), self._grace_period_s)  # type: ignore[no-untyped-call]
+            except Exception as exc:
+                log.warning("draining subject=%s did not finish: %s", subject, exc)
+
+        task = asyncio.get_running_loop().create_task(drain(), name=f"msgscript:drain:{subject}")
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
 
     async def sync(self) -> None:
         """Subscribe subjects the store gained and unsubscribe the ones it lost."""
@@ -216,7 +247,7 @@ class NatsSubscriber:
                     log.warning("not subscribing invalid subject %r", subject)
             current = set(self._subs) - set(INTERNAL_SUBJECTS)
             for subject in sorted(current - wanted):
-                await self._subs.pop(subject).unsubscribe()
+                self._release(subject, self._subs.pop(subject))
                 log.info("unsubscribed subject=%s", subject)
             for subject in sorted(wanted - current):
                 self._subs[subject] = await self._nc.subscribe(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aetcd
 import pytest
 
 from msgscript.config import Settings
@@ -16,6 +18,8 @@ from msgscript.etcd import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
+    Watch,
+    WatchCompacted,
     open_etcd,
     parse_endpoint,
     parse_endpoints,
@@ -50,10 +54,11 @@ async def etcd(etcd_server: EtcdServer) -> AsyncIterator[EtcdClient]:
 
 
 async def test_put_then_get(etcd: EtcdClient) -> None:
-    await etcd.put("msgscript/test/put", "foobar", timeout_s=T)
+    revision = await etcd.put("msgscript/test/put", "foobar", timeout_s=T)
     kv = await etcd.get("msgscript/test/put", timeout_s=T)
     assert kv is not None
     assert (kv.key, kv.value, kv.version, kv.lease) == (b"msgscript/test/put", b"foobar", 1, 0)
+    assert kv.create_revision == kv.mod_revision == revision
 
 
 async def test_put_overwrites_and_keeps_bytes(etcd: EtcdClient) -> None:
@@ -98,10 +103,11 @@ def test_prefix_range() -> None:
 
 
 async def test_delete(etcd: EtcdClient) -> None:
-    await etcd.put("msgscript/test/delete", "x", timeout_s=T)
-    assert await etcd.delete("msgscript/test/delete", timeout_s=T) is True
+    written = await etcd.put("msgscript/test/delete", "x", timeout_s=T)
+    deleted = await etcd.delete("msgscript/test/delete", timeout_s=T)
+    assert deleted == written + 1
     assert await etcd.get("msgscript/test/delete", timeout_s=T) is None
-    assert await etcd.delete("msgscript/test/delete", timeout_s=T) is False
+    assert await etcd.delete("msgscript/test/delete", timeout_s=T) is None
 
 
 async def test_delete_prefix(etcd: EtcdClient) -> None:
@@ -240,3 +246,138 @@ def test_parse_endpoints_splits_commas() -> None:
     assert parse_endpoints(["a:1,b:2", "", "c"]) == (Endpoint("a", 1), Endpoint("b", 2), Endpoint("c", 2379))
     with pytest.raises(ValueError, match="no etcd endpoint"):
         parse_endpoints([" , "])
+
+
+# -- ranges with revisions, watches, leases ---------------------------------------------------------------
+
+
+async def test_range_reports_the_revision_and_cluster(etcd: EtcdClient) -> None:
+    await etcd.put("msgscript/a", "1", timeout_s=T)
+    last = await etcd.put("msgscript/b", "2", timeout_s=T)
+    await etcd.put("other", "3", timeout_s=T)
+    found = await etcd.range("msgscript/", prefix=True, timeout_s=T)
+    assert [kv.key for kv in found.kvs] == [b"msgscript/a", b"msgscript/b"]
+    assert found.revision == last + 1 and found.count == 2 and found.cluster_id != 0
+    counted = await etcd.range("msgscript/", prefix=True, count_only=True, timeout_s=T)
+    assert (counted.kvs, counted.count, counted.revision) == ((), 2, found.revision)
+    single = await etcd.range("msgscript/a", timeout_s=T)
+    assert [kv.value for kv in single.kvs] == [b"1"]
+
+
+async def test_range_newest_created_before_a_revision(etcd: EtcdClient) -> None:
+    revisions = [await etcd.put(f"q/{name}", "", timeout_s=T) for name in ("c", "a", "b")]
+    # Touching a key changes its mod revision, not its create revision.
+    await etcd.put("q/c", "again", timeout_s=T)
+    older = await etcd.range(
+        "q/", prefix=True, sort_by="create", descending=True, limit=1, max_create_revision=revisions[2] - 1, timeout_s=T
+    )
+    assert [kv.key for kv in older.kvs] == [b"q/a"]
+    first = await etcd.range("q/", prefix=True, sort_by="create", limit=1, timeout_s=T)
+    assert [kv.key for kv in first.kvs] == [b"q/c"]
+    none_older = await etcd.range("q/", prefix=True, max_create_revision=revisions[0] - 1, timeout_s=T)
+    assert none_older.kvs == ()
+
+
+async def test_watch_delivers_puts_and_deletes_in_order(etcd: EtcdClient) -> None:
+    async with await etcd.watch("w/", prefix=True, timeout_s=T) as watch:
+        assert isinstance(watch, Watch)
+        put = await etcd.put("w/a", "1", timeout_s=T)
+        await etcd.put("elsewhere", "x", timeout_s=T)
+        deleted = await etcd.delete("w/a", timeout_s=T)
+        events = []
+        while len(events) < 2:
+            batch = await asyncio.wait_for(watch.next(), T)
+            events.extend(batch.events)
+    assert [(e.deleted, e.kv.key, e.kv.value, e.kv.mod_revision) for e in events] == [
+        (False, b"w/a", b"1", put),
+        (True, b"w/a", b"", deleted),
+    ]
+
+
+async def test_watch_replays_from_a_start_revision(etcd: EtcdClient) -> None:
+    first = await etcd.put("w/a", "1", timeout_s=T)
+    second = await etcd.put("w/a", "2", timeout_s=T)
+    async with await etcd.watch("w/a", start_revision=first + 1, timeout_s=T) as watch:
+        batch = await asyncio.wait_for(watch.next(), T)
+    assert [(e.kv.value, e.kv.mod_revision) for e in batch.events] == [(b"2", second)]
+    assert batch.revision == second
+
+
+async def test_watch_from_a_compacted_revision_raises(etcd: EtcdClient, etcd_server: EtcdServer) -> None:
+    for value in "123":
+        latest = await etcd.put("w/a", value, timeout_s=T)
+    port = int(etcd_server.endpoint.rsplit(":", 1)[1])
+    async with aetcd.Client(host="127.0.0.1", port=port) as plain:
+        await plain.compact(latest)
+    with pytest.raises(WatchCompacted) as info:
+        async with await etcd.watch("w/", prefix=True, start_revision=2, timeout_s=T) as watch:
+            await asyncio.wait_for(watch.next(), T)
+    assert info.value.compact_revision == latest
+    assert str(info.value) == f"etcd has compacted its history up to revision {latest}"
+
+
+async def test_watch_ends_with_unavailable_when_etcd_stops() -> None:
+    port = free_port()
+    async with EtcdClient([f"127.0.0.1:{port}"]) as client:
+        async with run_etcd(client_port=port):
+            watch = await client.watch("w/", prefix=True, timeout_s=T)
+        async with watch:
+            with pytest.raises(EtcdUnavailable, match=f"etcd at 127.0.0.1:{port} is unreachable: "):
+                await asyncio.wait_for(watch.next(), T)
+
+
+async def test_watch_on_an_unreachable_etcd_fails_in_time() -> None:
+    endpoint = refused_endpoint()
+    async with EtcdClient([endpoint]) as client:
+        with pytest.raises(EtcdUnavailable, match=f"etcd at {endpoint} is unreachable: "):
+            await client.watch("w/", prefix=True, timeout_s=2)
+
+
+async def test_lease_keys_live_and_die_with_it(etcd: EtcdClient) -> None:
+    lease = await etcd.grant_lease(30, timeout_s=T)
+    await etcd.put("leased", "x", lease=lease, timeout_s=T)
+    kv = await etcd.get("leased", timeout_s=T)
+    assert kv is not None and kv.lease == lease
+    assert 0 < await etcd.keep_alive(lease, timeout_s=T) <= 30
+    assert await etcd.revoke_lease(lease, timeout_s=T) is True
+    assert await etcd.get("leased", timeout_s=T) is None
+    assert await etcd.keep_alive(lease, timeout_s=T) == 0
+    assert await etcd.revoke_lease(lease, timeout_s=T) is False
+
+
+async def test_lease_expires_without_keep_alive(etcd: EtcdClient) -> None:
+    lease = await etcd.grant_lease(1, timeout_s=T)
+    await etcd.put("leased", "x", lease=lease, timeout_s=T)
+    deadline = time.monotonic() + 10
+    while await etcd.get("leased", timeout_s=T) is not None:
+        assert time.monotonic() < deadline, "the lease never expired"
+        await asyncio.sleep(0.2)
+    assert await etcd.keep_alive(lease, timeout_s=T) == 0
+
+
+async def test_put_with_an_unknown_lease_keeps_etcds_text(etcd: EtcdClient) -> None:
+    with pytest.raises(EtcdError, match="etcdserver: requested lease not found"):
+        await etcd.put("k", "v", lease=12345, timeout_s=T)
+
+
+async def test_a_quiet_watch_stays_open(etcd: EtcdClient) -> None:
+    # Asked every 0.2 s whether the stream is alive, etcd answers and the watch carries on.
+    async with await etcd.watch("w/", prefix=True, timeout_s=T, idle_s=0.2) as watch:
+        waiting = asyncio.create_task(watch.next())
+        await asyncio.sleep(1.2)
+        assert not waiting.done()
+        revision = await etcd.put("w/late", "x", timeout_s=T)
+        batch = await asyncio.wait_for(waiting, T)
+    assert batch.revision == revision
+
+
+async def test_a_watch_notices_a_silent_etcd(etcd: EtcdClient, etcd_server: EtcdServer) -> None:
+    async with await etcd.watch("w/", prefix=True, timeout_s=0.5, idle_s=0.5) as watch:
+        etcd_server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(EtcdUnavailable, match="the watch stream got no answer within 500ms"):
+                await asyncio.wait_for(watch.next(), T)
+            assert time.monotonic() - started < 3
+        finally:
+            etcd_server.process.send_signal(signal.SIGCONT)

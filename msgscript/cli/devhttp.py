@@ -91,8 +91,6 @@ def build_dev_app(target: DevTarget, executors: Mapping[str, Executor]) -> web.A
         message = Message(subject=subject, payload=body, method=request.method, url=url)
         dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=target.timeout_s)
         result = await dispatcher.run(script, message)
-        if result is None:
-            return text_response(500, "Error: the script did not run")
         if result.is_html:
             return html_response(result)
         if result.error:

@@ -1,4 +1,4 @@
-"""The `msgscriptcli` command: manage scripts and run one locally (`dev`)."""
+"""The `msgscriptcli` command: manage scripts and libraries in a store, run one script locally (`dev`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import click
 
 from msgscript import config
 from msgscript.cli.devhttp import devhttp
+from msgscript.cli.scripts import CommandFailed as CommandFailed
+from msgscript.cli.scripts import read_script_file as read_script_file
+from msgscript.cli.scripts import register
 from msgscript.cli.server import run_async
 from msgscript.cluster import NoLock
 from msgscript.config import Settings
@@ -19,26 +22,37 @@ from msgscript.errors import ScriptParseError
 from msgscript.executors import open_executors
 from msgscript.logs import configure_logging
 from msgscript.message import Message, Result
-from msgscript.script import Script, parse_script
+from msgscript.script import parse_script
 from msgscript.store.memory import MemoryStore
-
-
-class CommandFailed(click.ClickException):
-    """A command that could not do its work: the message on stderr, exit status 1."""
-
-    def show(self, file: object = None) -> None:
-        """Print the bare message (no `Error:` prefix), like the Go CLI."""
-        click.echo(self.format_message(), err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-L", "--log", "log_level", default="warning", show_default=True, help="Log level.")
-@click.option("-e", "--etcdurls", default=config.DEFAULT_ETCD_URL, envvar="ETCD_ENDPOINTS", show_default=True)
+@click.option(
+    "-e",
+    "--etcdurls",
+    default=config.DEFAULT_ETCD_URL,
+    envvar="ETCD_ENDPOINTS",
+    show_envvar=True,
+    show_default=True,
+    help="Comma-separated etcd endpoints.",
+)
 @click.option("-u", "--natsurl", default="nats://localhost:4222", envvar="NATS_URL", show_default=True)
 @click.option("-b", "--backend", default="etcd", show_default=True, help="Script store: etcd or file.")
 @click.option("-x", "--executor", default=None, help="Executor for dev/devhttp (default: the script's header).")
+@click.option("--script", "script_dir", default="", metavar="DIR", help="Script directory (-b file).")
+@click.option("--library", "library_dir", default="", metavar="DIR", help="Library directory (-b file).")
 @click.pass_context
-def cli(ctx: click.Context, log_level: str, etcdurls: str, natsurl: str, backend: str, executor: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    log_level: str,
+    etcdurls: str,
+    natsurl: str,
+    backend: str,
+    executor: str | None,
+    script_dir: str,
+    library_dir: str,
+) -> None:
     """msgscript is a command line interface for managing scripts for the msgscript-server."""
     from msgscript.logs import parse_level
 
@@ -47,19 +61,14 @@ def cli(ctx: click.Context, log_level: str, etcdurls: str, natsurl: str, backend
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--log") from None
     configure_logging(logging.DEBUG if os.environ.get("DEBUG") else level)
-    ctx.obj = {"etcdurls": etcdurls, "natsurl": natsurl, "backend": backend, "executor": executor}
-
-
-def read_script_file(path: str) -> Script:
-    """Parse a script file, turning read and header errors into a command failure."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8", "surrogateescape")
-    except OSError as exc:
-        raise CommandFailed(f"failed to read the script file {path}: {exc.strerror or exc}") from exc
-    try:
-        return parse_script(text)
-    except ScriptParseError as exc:
-        raise CommandFailed(f"failed to read the script file {path}: {exc}") from exc
+    ctx.obj = {
+        "etcdurls": etcdurls,
+        "natsurl": natsurl,
+        "backend": backend,
+        "executor": executor,
+        "script_dir": script_dir,
+        "library_dir": library_dir,
+    }
 
 
 def load_dev_libraries(store: MemoryStore, library_dir: str) -> None:
@@ -118,14 +127,12 @@ def dev(
         load_dev_libraries(store, library)
     settings = Settings(plugin_dir=plugin_dir, script_timeout_s=timeout_s, env=dict(os.environ))
 
-    async def run_once() -> Result | None:
+    async def run_once() -> Result:
         async with open_executors(settings, None) as executors:
             dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=timeout_s)
             return await dispatcher.run(script, Message(subject=subject, payload=payload))
 
     result = run_async(run_once())
-    if result is None:
-        raise CommandFailed("the script did not run")
     if result.error:
         raise CommandFailed(f"Error while running script: {result.error}")
     click.echo(b"Result: " + (result.payload or b""))
@@ -137,3 +144,4 @@ def main() -> None:
 
 
 cli.add_command(devhttp)
+register(cli)

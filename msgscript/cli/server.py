@@ -39,10 +39,8 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 @go_flag(
     "etcdurl",
     default=config.DEFAULT_ETCD_URL,
-    envvar="ETCD_ENDPOINTS",
-    show_envvar=True,
     show_default=True,
-    help="Comma-separated etcd endpoints.",
+    help="Comma-separated etcd endpoints; ETCD_ENDPOINTS, when set, overrides them (as in Go).",
 )
 @go_flag(
     "natsurl",
@@ -143,6 +141,12 @@ def command(
     if os.environ.get("DEBUG"):
         level = logging.DEBUG
     configure_logging(level)
+    env = dict(os.environ)
+    # As in Go: a non-empty ETCD_ENDPOINTS wins over -etcdurl, and with the etcd backend the endpoints in
+    # use are exported as ETCD_ENDPOINTS (to plugins, os.getenv and child processes).
+    etcdurl = env.get("ETCD_ENDPOINTS") or etcdurl
+    if backend == "etcd":
+        env["ETCD_ENDPOINTS"] = os.environ["ETCD_ENDPOINTS"] = etcdurl
     settings = Settings(
         backend=backend,
         etcd_endpoints=tuple(e.strip() for e in etcdurl.split(",") if e.strip()),
@@ -162,7 +166,7 @@ def command(
         lua_threads=lua_threads,
         grace_period_s=grace_period,
         browse=not no_browse,
-        env=dict(os.environ),
+        env=env,
     )
     from msgscript.app import serve
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 from msgscript.config import Settings
 from msgscript.errors import ConfigError
+from msgscript.etcd import EtcdClient
 from msgscript.executors.base import Executor
 from msgscript.executors.lua import LuaExecutor
 from msgscript.executors.stubs import UnavailableExecutor
@@ -20,11 +21,11 @@ __all__ = ["Executor", "open_executors"]
 
 @contextlib.asynccontextmanager
 async def open_executors(
-    settings: Settings, nc: Any | None, services: Mapping[str, Any] | None = None
+    settings: Settings, nc: Any | None, *, etcd: EtcdClient | None = None
 ) -> AsyncIterator[dict[str, Executor]]:
     """Open every executor for the daemon's (or a CLI run's) lifetime, with the shared clients they use.
 
-    `services` replaces or adds to the shared clients of `open_services`.
+    `etcd` is the daemon's etcd client, which Lua scripts then share with the store.
 
     Raises:
         ConfigError: a plugin failed to load.
@@ -35,8 +36,7 @@ async def open_executors(
     except ConfigError as exc:
         raise ConfigError(f"failed to read plugins: {exc}") from exc
     async with contextlib.AsyncExitStack() as stack:
-        shared = await stack.enter_async_context(open_services(settings))
-        shared.update(services or {})
+        shared = await stack.enter_async_context(open_services(settings, etcd))
         lua = await stack.enter_async_context(
             LuaExecutor(
                 modules=modules,
