@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,17 @@ from tests.fixtures import write_fixtures
 from tests.servers import EtcdServer, NatsServer, run_etcd, run_nats_server
 
 DaemonFactory = Callable[..., contextlib.AbstractAsyncContextManager[Dispatcher]]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Commands run in-process (CliRunner) configure logging; later tests must not inherit it."""
+    root, ours = logging.getLogger(), logging.getLogger("msgscript")
+    saved = (root.level, list(root.handlers), ours.level)
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    ours.setLevel(saved[2])
 
 
 @pytest.fixture
