@@ -11,7 +11,8 @@ from msgscript.errors import ConfigError
 from msgscript.etcd import EtcdClient
 from msgscript.executors.base import Executor
 from msgscript.executors.lua import LuaExecutor
-from msgscript.executors.stubs import UnavailableExecutor
+from msgscript.executors.podman import open_podman_executor
+from msgscript.executors.wasm import open_wasm_executor
 from msgscript.lua.modules import builtin_modules
 from msgscript.plugins import load_plugins
 from msgscript.services import open_services
@@ -49,7 +50,7 @@ async def open_executors(
         )
         executors: dict[str, Executor] = {
             "lua": lua,
-            "wasm": UnavailableExecutor("wasm", "wasm"),
-            "podman": UnavailableExecutor("podman", "podman"),
+            "wasm": await stack.enter_async_context(open_wasm_executor(settings)),
+            "podman": await stack.enter_async_context(open_podman_executor(settings)),
         }
         yield executors
