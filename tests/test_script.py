@@ -11,7 +11,7 @@ LUA_BODY = 'local http = require("http")\nlocal json = require("json")\n\nfuncti
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-# --- reference §1.4 acceptance cases -------------------------------------------------------------
+# --- the Go script parser's acceptance cases ---------------------------------------------------------
 
 
 def test_headers_are_parsed_and_stripped_from_a_lua_script() -> None:
@@ -50,7 +50,7 @@ def test_example_file_from_disk_parses() -> None:
     assert script.content.endswith("end")
 
 
-# --- reference §1.1 line rules ----------------------------------------------------------------------
+# --- header line rules ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ class Catalog(Protocol):
 
 
 class EtcdCatalog:
-    """The etcd keys of reference §8.3, written through the etcd store and listed by key."""
+    """The etcd keys the Go msgscript uses, written through the etcd store and listed by key."""
 
     def __init__(self, store: Store, client: EtcdClient) -> None:
         self._store = store
