@@ -2,84 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import socket
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
 
+from tests.processes import command_env, run_msgscript, start_daemon
 from tests.servers import free_port, run_nats_server
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = ROOT / "examples"
-STARTUP_TIMEOUT_S = 20.0
-
-
-def server_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DEBUG", "ETCD_ENDPOINTS")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-async def run_cli(*args: str, timeout: float = 30) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "msgscript",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=server_env(),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-class Daemon:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.log = ""
-
-    async def wait_for_log(self, text: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        assert self.proc.stderr is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while text not in self.log:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(f"{text!r} not logged; log so far:\n{self.log}")
-            line = await asyncio.wait_for(self.proc.stderr.readline(), remaining)
-            if not line:
-                raise AssertionError(f"daemon exited before logging {text!r}; log:\n{self.log}")
-            self.log += line.decode()
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        assert self.proc.stderr is not None
-        rest = await asyncio.wait_for(self.proc.stderr.read(), 30)
-        self.log += rest.decode()
-        return await asyncio.wait_for(self.proc.wait(), 30)
-
-
-async def start_daemon(*args: str) -> Daemon:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "msgscript",
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=server_env(),
-    )
-    daemon = Daemon(proc)
-    await daemon.wait_for_log("Starting message watch...")
-    return daemon
 
 
 @pytest.fixture
@@ -89,7 +24,7 @@ async def nats_url() -> AsyncIterator[str]:
 
 
 async def test_help_lists_the_upstream_flags_with_their_defaults() -> None:
-    code, out, _ = await run_cli("-h")
+    code, out, _ = await run_msgscript("-h")
     assert code == 0
     blocks = [" ".join(block.split()) for block in out.split("\n  -")[1:]]
     lines = {"-" + block.split()[0].rstrip(","): block for block in blocks}
@@ -108,36 +43,27 @@ async def test_help_lists_the_upstream_flags_with_their_defaults() -> None:
 
 
 async def test_unknown_flag_is_a_usage_error() -> None:
-    code, _, err = await run_cli("--nope")
+    code, _, err = await run_msgscript("--nope")
     assert code == 2
     assert "No such option '--nope'" in err
 
 
 async def test_unknown_backend_is_one_clear_line(nats_url: str) -> None:
-    code, _, err = await run_cli("-backend", "sqlite", "-natsurl", nats_url, "-script", str(EXAMPLES))
+    code, _, err = await run_msgscript("-backend", "sqlite", "-natsurl", nats_url, "-script", str(EXAMPLES))
     assert code == 1
     assert "failed to initialize the script store: Unknown backend: sqlite" in err
     assert "Traceback" not in err
 
 
 async def test_unreachable_nats_stops_the_start() -> None:
-    code, _, err = await run_cli("-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES))
+    code, _, err = await run_msgscript("-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES))
     assert code == 1
     assert "Failed to connect to NATS: no server answered at nats://127.0.0.1:" in err
     assert "Traceback" not in err
 
 
 async def test_a_signal_while_starting_stops_the_start() -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "msgscript",
-        *("-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=server_env(),
-    )
-    daemon = Daemon(proc)
+    daemon = await start_daemon("-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES), ready=None)
     await daemon.wait_for_log("NATS error")  # still trying to connect
     assert await daemon.stop() == 0
     assert "Received shutdown signal" in daemon.log
@@ -145,13 +71,13 @@ async def test_a_signal_while_starting_stops_the_start() -> None:
 
 
 async def test_invalid_log_level(nats_url: str) -> None:
-    code, _, err = await run_cli("-log", "bogus", "-natsurl", nats_url)
+    code, _, err = await run_msgscript("-log", "bogus", "-natsurl", nats_url)
     assert code == 1
     assert "Invalid log level: bogus" in err
 
 
 async def test_unreadable_script_dir(nats_url: str, tmp_path: Path) -> None:
-    code, _, err = await run_cli("-natsurl", nats_url, "-script", str(tmp_path / "missing"))
+    code, _, err = await run_msgscript("-natsurl", nats_url, "-script", str(tmp_path / "missing"))
     assert code == 1
     assert "failed to read directory" in err and "missing" in err
     assert "Traceback" not in err
@@ -172,20 +98,7 @@ async def test_serves_with_go_style_flags_and_stops_on_signal(nats_url: str, sig
 
 
 async def test_nats_url_from_environment(nats_url: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "msgscript",
-        "-script",
-        str(EXAMPLES),
-        "-port",
-        str(free_port()),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**server_env(), "NATS_URL": nats_url},
-    )
-    daemon = Daemon(proc)
-    await daemon.wait_for_log("Starting message watch...")
+    daemon = await start_daemon("-script", str(EXAMPLES), "-port", str(free_port()), env=command_env(NATS_URL=nats_url))
     assert "embeded" not in daemon.log
     nc = await nats.connect(nats_url)
     try:

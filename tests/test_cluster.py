@@ -21,8 +21,8 @@ from nats.aio.client import Client as NatsClient
 from msgscript.config import Settings
 from msgscript.script import parse_script
 from msgscript.store import open_store
+from tests.processes import Daemon, command_env, start_daemon
 from tests.servers import EtcdServer, NatsServer, free_port
-from tests.test_cli_server import Daemon, server_env
 
 INSTANCES = 3
 REQUESTS = 300
@@ -73,18 +73,9 @@ class Instance:
 
 async def start_instance(number: int, nats_server: NatsServer, etcd_server: EtcdServer) -> Instance:
     port = free_port()
-    env = server_env() | {"INSTANCE": str(number)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "msgscript",
-        *("-backend", "etcd", "-etcdurl", etcd_server.url, "-natsurl", nats_server.url),
-        *("-port", str(port), "-http-host", "127.0.0.1", "-grace-period", "2s"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    daemon = Daemon(proc)
+    command = ("-backend", "etcd", "-etcdurl", etcd_server.url, "-natsurl", nats_server.url)
+    options = ("-port", str(port), "-http-host", "127.0.0.1", "-grace-period", "2s")
+    daemon = await start_daemon(*command, *options, env=command_env(INSTANCE=str(number)), ready=None)
     await daemon.wait_for_log("Starting HTTP server")
 
     async def listening() -> bool:

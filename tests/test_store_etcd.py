@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -23,6 +21,7 @@ from msgscript.message import Reply
 from msgscript.script import Script, parse_script
 from msgscript.store import EtcdStore, open_store
 from tests.conftest import DaemonFactory
+from tests.processes import command_env, daemon_running, run_msgscript
 from tests.servers import EtcdServer, NatsServer, free_port, run_etcd
 
 T = 5.0
@@ -442,27 +441,12 @@ async def put_succeeds(etcd: EtcdClient, key: str, value: bytes) -> bool:
 # -- the command ---------------------------------------------------------------------------------------
 
 
-def command_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DEBUG", "ETCD_ENDPOINTS")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
 async def test_command_exits_when_etcd_is_unreachable(nats_server: NatsServer) -> None:
     endpoint = f"127.0.0.1:{free_port()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "msgscript",
-        *("-backend", "etcd", "-etcdurl", endpoint, "-natsurl", nats_server.url, "-port", str(free_port())),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=command_env(),
+    code, _, text = await run_msgscript(
+        *("-backend", "etcd", "-etcdurl", endpoint, "-natsurl", nats_server.url, "-port", str(free_port())), timeout=20
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 20)
-    text = err.decode()
-    assert proc.returncode == 1
+    assert code == 1
     assert f"failed to initialize the script store: etcd at {endpoint} is unreachable: " in text
     assert text.count("is unreachable") == 1, text
     assert "Traceback" not in text
@@ -477,26 +461,9 @@ function OnMessage() return os.getenv("ETCD_ENDPOINTS") end
 @contextlib.asynccontextmanager
 async def command_daemon(nats_server: NatsServer, *args: str, **env: str) -> AsyncIterator[str]:
     """Run `msgscript -backend etcd <args>` until it subscribes; yields its log so far."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "msgscript",
-        *("-backend", "etcd", "-natsurl", nats_server.url, "-port", str(free_port()), *args),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=command_env(**env),
-    )
-    assert proc.stderr is not None
-    log = ""
-    try:
-        while "Starting message watch..." not in log:
-            line = await asyncio.wait_for(proc.stderr.readline(), 20)
-            assert line, f"the daemon exited: {log}"
-            log += line.decode()
-        yield log
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.communicate(), 30)
+    command = ("-backend", "etcd", "-natsurl", nats_server.url, "-port", str(free_port()), *args)
+    async with daemon_running(*command, env=command_env(**env)) as daemon:
+        yield daemon.log
 
 
 async def test_etcd_endpoints_overrides_the_flag(
