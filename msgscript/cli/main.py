@@ -12,8 +12,8 @@ import click
 from msgscript import config
 from msgscript.cli.devhttp import devhttp
 from msgscript.cli.scripts import CommandFailed as CommandFailed
+from msgscript.cli.scripts import identified, register
 from msgscript.cli.scripts import read_script_file as read_script_file
-from msgscript.cli.scripts import register
 from msgscript.cli.server import run_async
 from msgscript.cluster import NoLock
 from msgscript.config import Settings
@@ -109,15 +109,8 @@ def dev(
     timeout_s: float,
 ) -> None:
     """Run a script once, locally, the way the server would (without NATS)."""
-    script = read_script_file(file)
-    subject = subject or script.subject
-    if not subject:
-        raise CommandFailed("subject is required")
-    name = name or script.name
-    if not name:
-        raise CommandFailed("name is required")
-    executor = obj.get("executor") or script.executor
-    script = replace(script, subject=subject, name=name, executor=executor)
+    script = identified(read_script_file(file), subject, name)
+    script = replace(script, executor=obj.get("executor") or script.executor)
     payload = input_.encode("utf-8", "surrogateescape")
     if input_ and Path(input_).is_file():
         payload = Path(input_).read_bytes()
@@ -130,7 +123,7 @@ def dev(
     async def run_once() -> Result:
         async with open_executors(settings, None) as executors:
             dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=timeout_s)
-            return await dispatcher.run(script, Message(subject=subject, payload=payload))
+            return await dispatcher.run(script, Message(subject=script.subject, payload=payload))
 
     result = run_async(run_once())
     if result.error:

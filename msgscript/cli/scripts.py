@@ -67,6 +67,17 @@ def read_script_file(path: str) -> Script:
     return parse_text(path, read_text(path))
 
 
+def identified(script: Script, subject: str, name: str) -> Script:
+    """The script under the given subject and name, each defaulting to its header; both are required."""
+    subject = subject or script.subject
+    if not subject:
+        raise CommandFailed("subject is required")
+    name = name or script.name
+    if not name:
+        raise CommandFailed("name is required")
+    return replace(script, subject=subject, name=name)
+
+
 def check_subject(subject: str) -> None:
     """Refuse a subject the daemon could not subscribe to, or that would break the etcd key layout."""
     if "/" in subject:
@@ -319,23 +330,16 @@ def _quiet_etcd_client() -> Iterator[None]:
 def add(obj: dict[str, str | None], file: str, subject: str, name: str) -> None:
     """Add a script to the store, or replace the one with the same subject and name."""
     text = read_text(file)
-    script = parse_text(file, text)
-    subject = subject or script.subject
-    if not subject:
-        raise CommandFailed("subject is required")
-    name = name or script.name
-    if not name:
-        raise CommandFailed("name is required")
-    check_subject(subject)
-    check_name(name)
-    script = replace(script, subject=subject, name=name)
+    script = identified(parse_text(file, text), subject, name)
+    check_subject(script.subject)
+    check_name(script.name)
 
     async def action(catalog: Catalog) -> None:
         await catalog.add_script(script, text)
 
     run_with_catalog(obj, action)
     # The trailing space is the Go CLI's.
-    click.echo(f"Script added successfully for subject {subject} named {name} ", err=True)
+    click.echo(f"Script added successfully for subject {script.subject} named {script.name} ", err=True)
 
 
 @click.command("list")
