@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 DEFAULT_BACKEND = "file"
@@ -18,6 +19,8 @@ DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_LUA_THREADS = 64
+DEFAULT_WASM_THREADS = min(32, 4 * (os.cpu_count() or 1))
+DEFAULT_PODMAN_CONCURRENCY = 8
 DEFAULT_GRACE_PERIOD_S = 30.0
 DEFAULT_HTTP_TIMEOUT_S = 5.0
 NATS_CONNECT_TIMEOUT_S = 5.0
@@ -43,6 +46,8 @@ class Settings:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     lua_threads: int = DEFAULT_LUA_THREADS
+    wasm_threads: int = DEFAULT_WASM_THREADS
+    podman_concurrency: int = DEFAULT_PODMAN_CONCURRENCY
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     browse: bool = True
     # The environment handed to plugins (Go's Preload(L, envs)); filled by the CLI.

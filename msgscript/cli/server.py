@@ -79,7 +79,7 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     type=SIZE,
     default=str(config.DEFAULT_MAX_MEMORY_BYTES),
     show_default=True,
-    help="Memory cap of one Lua execution (bytes, or 64MiB, 512k...).",
+    help="Memory cap of one Lua execution or WASM module (bytes, or 64MiB, 512k...).",
 )
 @go_flag(
     "max-payload",
@@ -101,6 +101,20 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     default=config.DEFAULT_LUA_THREADS,
     show_default=True,
     help="Lua worker threads (scripts waiting on I/O hold one).",
+)
+@go_flag(
+    "wasm-threads",
+    type=click.IntRange(min=1),
+    default=config.DEFAULT_WASM_THREADS,
+    show_default=True,
+    help="WASM modules running at once; more wait.",
+)
+@go_flag(
+    "podman-concurrency",
+    type=click.IntRange(min=1),
+    default=config.DEFAULT_PODMAN_CONCURRENCY,
+    show_default=True,
+    help="Containers running at once; more wait.",
 )
 @go_flag(
     "grace-period",
@@ -127,6 +141,8 @@ def command(
     max_payload: int,
     max_in_flight: int,
     lua_threads: int,
+    wasm_threads: int,
+    podman_concurrency: int,
     grace_period: float,
     http_host: str,
     no_browse: bool,
@@ -164,6 +180,8 @@ def command(
         max_payload_bytes=max_payload,
         max_in_flight=max_in_flight,
         lua_threads=lua_threads,
+        wasm_threads=wasm_threads,
+        podman_concurrency=podman_concurrency,
         grace_period_s=grace_period,
         browse=not no_browse,
         env=env,

@@ -524,5 +524,7 @@ async def open_podman_executor(settings: Settings) -> AsyncIterator[Executor]:
         log.info("podman not found on PATH: podman scripts are disabled")
         yield UnavailableExecutor("podman", "podman")
         return
-    async with PodmanExecutor(podman, env=settings.env, url=url) as executor:
+    async with PodmanExecutor(
+        podman, env=settings.env, url=url, max_concurrency=settings.podman_concurrency
+    ) as executor:
         yield executor
