@@ -22,7 +22,8 @@ import pytest
 
 from msgscript.errors import ScriptError, ScriptTimeout
 from msgscript.executors.base import RunContext
-from msgscript.executors.podman import MAX_STDOUT_BYTES, PodmanExecutor, parse_config, podman_url
+from msgscript.executors.podman import MAX_STDOUT_BYTES, PodmanExecutor, podman_url
+from msgscript.executors.podman_config import parse_config
 from msgscript.message import Message, Reply, Result
 from msgscript.script import Script, parse_script
 from tests.conftest import DaemonFactory
