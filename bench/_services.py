@@ -11,12 +11,14 @@ import signal
 import socket
 import sys
 import sysconfig
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import nats.errors
+from _loop import run_async
 from nats.aio.client import Client
 
 STOP_TIMEOUT_S = 5.0
@@ -28,6 +30,18 @@ LOG_TAIL_LINES = 15
 
 class BenchError(Exception):
     """Raised when the benchmark cannot run: a process does not start, answer or finish in time."""
+
+
+def run_main(main: Coroutine[Any, Any, int]) -> int:
+    """Run a benchmark's main coroutine; its exit status, 1 when it cannot run, 130 when interrupted."""
+    try:
+        return run_async(main)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import nats
-from _loop import run_async
-from _services import BenchError, free_port, run_nats_server, run_service, wait_for_nats_target
+from _measure import percentile
+from _services import BenchError, free_port, run_main, run_nats_server, run_service, wait_for_nats_target
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -67,12 +67,7 @@ async def latencies(nc: nats.NATS, subject: str, count: int) -> list[float]:
     return times
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-async def main(requests: int, rounds: int) -> None:
+async def main(requests: int, rounds: int) -> int:
     etcd = shutil.which("etcd") or "/usr/bin/etcd"
     with tempfile.TemporaryDirectory(prefix="msgscript-bench-lock-") as tmp:
         work = Path(tmp)
@@ -113,16 +108,19 @@ async def main(requests: int, rounds: int) -> None:
                     await nc.close()
     print(f"{'script':<14} {'p50':>9} {'p99':>9} {'mean':>9}   ({rounds} rounds x {requests} requests)")
     for subject, values in results.items():
+        values.sort()
         p50, p99, mean = (v * 1e6 for v in (percentile(values, 0.5), percentile(values, 0.99), statistics.mean(values)))
         print(f"{subject:<14} {p50:>7.0f}µs {p99:>7.0f}µs {mean:>7.0f}µs")
+    return 0
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="requests per script per round")
     parser.add_argument("--rounds", type=int, default=3)
     options = parser.parse_args()
-    try:
-        run_async(main(options.requests, options.rounds))
-    except BenchError as exc:
-        sys.exit(f"bench: {exc}")
+    return run_main(main(options.requests, options.rounds))
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

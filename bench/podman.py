@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
-from _loop import run_async
 from _measure import percentile
-from _services import BenchError, free_port, run_nats_server, run_service, wait_for_nats_target
+from _services import BenchError, free_port, run_main, run_nats_server, run_service, wait_for_nats_target
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBJECT = "bench.podman"
@@ -185,15 +184,7 @@ def cli() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating which side goes first (%(default)s)")
     parser.add_argument("--window", type=int, default=4, help="calls in flight in the second phase (%(default)s)")
     parser.add_argument("--image", default="localhost/msgscript-busybox:latest", help="image (%(default)s)")
-    args = parser.parse_args()
-    try:
-        return run_async(main(args))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_main(main(parser.parse_args()))
 
 
 if __name__ == "__main__":

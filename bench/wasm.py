@@ -28,9 +28,8 @@ from pathlib import Path
 
 import nats
 import wasmtime
-from _loop import run_async
 from _measure import percentile
-from _services import BenchError, free_port, run_nats_server, run_service, wait_for_nats_target
+from _services import BenchError, free_port, run_main, run_nats_server, run_service, wait_for_nats_target
 
 from msgscript.config import Settings
 from msgscript.executors.base import Executor, RunContext
@@ -245,15 +244,7 @@ def cli() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating which goes first (%(default)s)")
     parser.add_argument("--window", type=int, default=8, help="calls in flight in the windowed phase (%(default)s)")
     parser.add_argument("--no-daemon", action="store_true", help="measure the executor only")
-    args = parser.parse_args()
-    try:
-        return run_async(main(args))
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    return run_main(main(parser.parse_args()))
 
 
 if __name__ == "__main__":
