@@ -200,15 +200,19 @@ class ServerClient(SqlClient):
     """A client of a database server (mysql, postgres): `connect(options)` and `set_keepalive` as well."""
 
     @abstractmethod
-    def connect(self, options: dict[str, object]) -> tuple[object, ...]:
-        """Open the connection described by the options table: `(true)` or `(false, message)`."""
+    def connect(self, options: dict[str, object], limit_s: float) -> tuple[object, ...]:
+        """Open the connection described by the options table within limit_s (> 0): `(true)` or `(false, message)`."""
 
     def lua_object(self) -> dict[str, Callable[..., object]]:
         """The Lua client table: connect, query, set_timeout, set_keepalive, close."""
 
         def connect(this: object = None, options: object = None, *_: object) -> tuple[object, ...]:
             check_client(this, "connect")
-            return self.connect(options_table(options, 2, "connect"))
+            table = options_table(options, 2, "connect")
+            limit = self.limit_s()
+            if limit <= 0:
+                return (False, "connect timed out before it started")
+            return self.connect(table, limit)
 
         def set_keepalive(this: object = None, *_: object) -> tuple[object, ...]:
             check_client(this, "set_keepalive")

@@ -96,11 +96,8 @@ class MySQLClient(ServerClient):
         self._params: dict[str, Any] = {}
         self._thread_id = 0
 
-    def connect(self, options: dict[str, object]) -> tuple[object, ...]:
+    def connect(self, options: dict[str, object], limit_s: float) -> tuple[object, ...]:
         """Open the connection described by the options table: `(true)` or `(false, message)`."""
-        limit = self.limit_s()
-        if limit <= 0:
-            return (False, "connect timed out before it started")
         params: dict[str, Any] = {
             "host": option_text(options, "host", DEFAULT_HOST),
             "port": option_port(options, DEFAULT_PORT),
@@ -115,7 +112,7 @@ class MySQLClient(ServerClient):
         try:
             conn = pymysql.connect(
                 **params,
-                connect_timeout=limit,
+                connect_timeout=limit_s,
                 read_timeout=socket_timeout_s,
                 write_timeout=socket_timeout_s,
                 conv=dict(_NUMBER_TYPES),

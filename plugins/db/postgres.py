@@ -72,11 +72,8 @@ class PostgresClient(ServerClient):
     module = "postgres"
     driver_errors = (psycopg.Error, OSError)
 
-    def connect(self, options: dict[str, object]) -> tuple[object, ...]:
+    def connect(self, options: dict[str, object], limit_s: float) -> tuple[object, ...]:
         """Open the connection described by the options table: `(true)` or `(false, message)`."""
-        limit = self.limit_s()
-        if limit <= 0:
-            return (False, "connect timed out before it started")
         params: dict[str, Any] = {
             "host": option_text(options, "host", DEFAULT_HOST),
             "port": option_port(options, DEFAULT_PORT),
@@ -88,7 +85,7 @@ class PostgresClient(ServerClient):
         try:
             conn = psycopg.connect(
                 **params,
-                connect_timeout=max(MIN_CONNECT_TIMEOUT_S, math.ceil(limit)),
+                connect_timeout=max(MIN_CONNECT_TIMEOUT_S, math.ceil(limit_s)),
                 autocommit=True,
                 prepare_threshold=None,
                 context=_ADAPTERS,
