@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from msgscript.errors import ConfigError
 from msgscript.nats_server import nats_server_binary as embedded_nats_binary
@@ -174,3 +176,16 @@ async def run_etcd(client_port: int = 0) -> AsyncIterator[EtcdServer]:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[str]:
+    """Serve an aiohttp application on 127.0.0.1 and a free port; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+    try:
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

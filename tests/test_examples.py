@@ -15,7 +15,7 @@ from aiohttp import web
 from msgscript.message import Message, Reply, Result
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR
-from tests.servers import free_port
+from tests.servers import free_port, serve_app
 
 ROOT = Path(__file__).parent.parent
 
@@ -124,15 +124,8 @@ async def http_target() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/ping", ping)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        yield url
 
 
 async def test_http_get(examples_daemon: str, nc: nats.NATS, http_target: str) -> None:

@@ -23,7 +23,7 @@ from msgscript.lua.modules.http import module as http_module
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message
-from tests.servers import free_port
+from tests.servers import free_port, serve_app
 
 
 async def _echo(request: web.Request) -> web.Response:
@@ -117,16 +117,11 @@ async def server() -> AsyncIterator[str]:
     app.router.add_get("/gzip", _gzip)
     app.router.add_get("/cross-host", _cross_host)
     app.router.add_get("/barrier/{name}", barrier.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        slow.release.set()
-        await runner.cleanup()
+    async with serve_app(app) as url:
+        try:
+            yield url
+        finally:
+            slow.release.set()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from msgscript.executors import Executor
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message
-from tests.servers import free_port, missing
+from tests.servers import free_port, missing, serve_app
 
 TOKEN = "s.test-token"
 MOUNT = "secrets"
@@ -85,17 +85,12 @@ async def serve_kv(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[K
     server = KvServer()
     app = web.Application()
     app.router.add_route("*", "/v1/{tail:.*}", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
-    await site.start()
-    server.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
-    try:
-        yield server
-    finally:
-        server.stopping.set()
-        await runner.cleanup()
+    async with serve_app(app, ssl_context) as url:
+        server.url = url
+        try:
+            yield server
+        finally:
+            server.stopping.set()
 
 
 @pytest.fixture
@@ -380,22 +375,16 @@ async def test_a_server_answer_that_is_not_json(ex: Executor) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", broken)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with serve_app(app) as url:
         body = f"""
-            local v = require("vault").new("http://127.0.0.1:{port}", "t")
+            local v = require("vault").new("{url}", "t")
             local _, err = v:read("/x", "kv")
             return err
         """
         assert (
             await on_message(ex, body)
             == (
-                f"failed to read path /x: Error making API request.\n\nURL: GET http://127.0.0.1:{port}/v1/kv/data/x\n"
+                f"failed to read path /x: Error making API request.\n\nURL: GET {url}/v1/kv/data/x\n"
                 "Code: 502. Raw Message:\n\n<html>proxy error</html>"
             ).encode()
         )
-    finally:
-        await runner.cleanup()
