@@ -157,14 +157,20 @@ async def bounded(jobs: list[Awaitable[Any]], limit: int) -> list[Any]:
     return await asyncio.gather(*(run(job) for job in jobs), return_exceptions=True)
 
 
-async def test_each_message_runs_once_across_the_cluster(
-    cluster: list[Instance], etcd_server: EtcdServer, nc: NatsClient
-) -> None:
+async def counting(nc: NatsClient, etcd_server: EtcdServer) -> tuple[list[bytes], Any]:
+    """Serve COUNT_SCRIPT on the cluster; returns the executions it reports from now on, and their subscription."""
     executions, sub = await collect(nc, "cluster.executions")
     await put_scripts(etcd_server, COUNT_SCRIPT)
     await wait_until(lambda: answers(nc, "cluster.count"), 5)
     await nc.flush()
     executions.clear()
+    return executions, sub
+
+
+async def test_each_message_runs_once_across_the_cluster(
+    cluster: list[Instance], etcd_server: EtcdServer, nc: NatsClient
+) -> None:
+    executions, sub = await counting(nc, etcd_server)
 
     ids = [f"m{i}".encode() for i in range(REQUESTS)]
     replies = await bounded([nc.request("cluster.count", i, timeout=10) for i in ids], IN_FLIGHT)
@@ -181,11 +187,7 @@ async def test_each_message_runs_once_across_the_cluster(
 async def test_the_others_carry_on_when_an_instance_dies(
     cluster: list[Instance], etcd_server: EtcdServer, nc: NatsClient
 ) -> None:
-    executions, sub = await collect(nc, "cluster.executions")
-    await put_scripts(etcd_server, COUNT_SCRIPT)
-    await wait_until(lambda: answers(nc, "cluster.count"), 5)
-    await nc.flush()
-    executions.clear()
+    executions, sub = await counting(nc, etcd_server)
 
     done = 0
 
