@@ -43,6 +43,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 5.0) -> None:
+    """SIGTERM a service, then SIGKILL it if it is still there after timeout_s."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+
+
 def nats_server_binary() -> str:
     """The nats-server executable the daemon itself would use for its embedded server."""
     try:
@@ -88,13 +100,7 @@ async def run_nats_server(*extra: str, port: int = -1) -> AsyncIterator[NatsServ
             port = int(url.rsplit(":", 1)[1])
             yield NatsServer(url=url, port=port, process=proc)
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)
 
 
 ETCD_BINARY = "/usr/bin/etcd"
@@ -169,13 +175,7 @@ async def run_etcd(client_port: int = 0) -> AsyncIterator[EtcdServer]:
                 await asyncio.sleep(0.05)
             yield EtcdServer(url=client_url, endpoint=f"127.0.0.1:{client_port}", process=proc)
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 5)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)
 
 
 @contextlib.asynccontextmanager

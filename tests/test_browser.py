@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import DaemonFactory
-from tests.servers import free_port, missing
+from tests.servers import free_port, missing, stop_process
 
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -70,13 +70,7 @@ async def run_chromium() -> AsyncIterator[str]:
             port = int(port_file.read_text().splitlines()[0])
             yield f"http://127.0.0.1:{port}"
         finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc, 10)
 
 
 class Tab:
