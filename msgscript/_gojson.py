@@ -19,6 +19,7 @@ _ESCAPES: dict[int, str] = {
     **{cp: "\\ufffd" for cp in range(0xD800, 0xE000)},
 }
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_INT_DIGITS = 4300
 
 
 def go_string(value: str | bytes) -> str:
@@ -37,6 +38,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"invalid JSON value {name}")
 
 
+def _parse_int(text: str) -> int | float:
+    # Python refuses to turn more than 4300 digits into an int; Go reads any number (into a float64, or
+    # skips it in a field it does not know). A number that long fits no field of ours anyway.
+    return int(text) if len(text) <= _INT_DIGITS else float(text)
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON text as Go accepts it: UTF-8 only (invalid bytes become U+FFFD), no NaN or Infinity.
 
@@ -51,7 +58,7 @@ def loads(data: bytes | str) -> Any:
     else:
         text = data
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except RecursionError as exc:
         raise ValueError("JSON nests too deeply") from exc
 

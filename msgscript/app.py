@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from msgscript.catalog import Catalog
 from msgscript.cluster import EtcdLock, Lock, NoLock
@@ -16,8 +17,10 @@ from msgscript.errors import ConfigError
 from msgscript.etcd import open_etcd
 from msgscript.executors import open_executors
 from msgscript.http import http_site
+from msgscript.inflight import InFlightLimit
 from msgscript.nats_server import NatsSubscriber, connect_nats
 from msgscript.store import open_store
+from msgscript.supervisor import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +28,17 @@ SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Dispatcher]:
-    """Start the daemon's parts; on exit stop intake, finish in-flight work and close everything."""
+async def running(
+    settings: Settings,
+    *,
+    listeners: Sequence[socket.socket] = (),
+    on_stuck: Callable[[str], None] | None = None,
+) -> AsyncIterator[Dispatcher]:
+    """Start the daemon's parts; on exit stop intake, finish in-flight work and close everything.
+
+    `listeners` are the HTTP gateway's sockets when the supervisor bound them (else it binds its own);
+    `on_stuck` hears of executions stuck in a C call long past their deadline.
+    """
     async with contextlib.AsyncExitStack() as stack:
         # One etcd client for the store, the cluster lock and the Lua `etcd` module; it dials on first use.
         etcd = await stack.enter_async_context(open_etcd(settings))
@@ -37,17 +49,31 @@ async def running(settings: Settings) -> AsyncIterator[Dispatcher]:
         log.info("Starting %s backend", settings.backend)
         lock: Lock = EtcdLock(etcd) if settings.backend == "etcd" else NoLock()
         nc = await stack.enter_async_context(connect_nats(settings))
-        executors = await stack.enter_async_context(open_executors(settings, nc, etcd=etcd))
+        executors = await stack.enter_async_context(open_executors(settings, nc, etcd=etcd, on_stuck=on_stuck))
         dispatcher = Dispatcher(store, executors, lock, script_timeout_s=settings.script_timeout_s)
         catalog = Catalog(store)
-        await stack.enter_async_context(NatsSubscriber(nc, dispatcher, catalog, settings))
+        # One bound on the work in flight, whether it came over NATS or HTTP.
+        in_flight = InFlightLimit(settings.max_in_flight)
+        await stack.enter_async_context(NatsSubscriber(nc, dispatcher, catalog, settings, in_flight=in_flight))
         # Entered last so that it stops first: in-flight HTTP requests finish while NATS and the executors are up.
-        await stack.enter_async_context(http_site(dispatcher, catalog, settings))
+        await stack.enter_async_context(
+            http_site(dispatcher, catalog, settings, in_flight=in_flight, listeners=listeners)
+        )
         yield dispatcher
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the daemon until a shutdown signal arrives (or `stop` is set)."""
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+    *,
+    listeners: Sequence[socket.socket] = (),
+    link: WorkerLink | None = None,
+) -> None:
+    """Run the daemon until a shutdown signal arrives (or `stop` is set).
+
+    Under the supervisor (msgscript.supervisor), `link` tells it when the worker serves, and asks it for a
+    fresh worker when an execution stays stuck in a thread.
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -63,8 +89,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for sig in SHUTDOWN_SIGNALS:
         loop.add_signal_handler(sig, on_signal)
     try:
-        async with running(settings):
+        on_stuck = None if link is None else link.ask_replacement
+        async with running(settings, listeners=listeners, on_stuck=on_stuck):
             started = True
+            if link is not None:
+                link.ready()
             await stop.wait()
     except asyncio.CancelledError:
         if started or not stop.is_set():

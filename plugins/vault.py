@@ -35,6 +35,8 @@ import yarl
 
 from msgscript.lua.args import check_self, check_table, check_text, opt_bool
 from msgscript.lua.module import ModuleContext
+from msgscript.lua.modules.json import decode_bytes
+from msgscript.lua.modules.support import LoopCharges
 from msgscript.lua.runtime import error_text, lua_number_text
 from msgscript.plugins import PluginModules
 
@@ -42,6 +44,8 @@ DEFAULT_ADDRESS = "https://127.0.0.1:8200"
 REQUEST_TIMEOUT_S = 60.0
 """The Vault client's own default; the script's deadline usually comes first."""
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_VALUE_BYTES = 64
+"""Charged per value of a secret written, besides its text."""
 
 
 class VaultError(Exception):
@@ -96,8 +100,10 @@ async def _send(
     headers: dict[str, str],
     body: bytes | None,
     timeout_s: float,
+    charge: Callable[[int], None],
 ) -> tuple[int, bytes]:
-    """One HTTP exchange (certificates unchecked); returns the status and the body."""
+    """One HTTP exchange (certificates unchecked); returns the status and the body, each piece of which is
+    charged to the script's memory cap as it arrives."""
     own = session is None
     client = aiohttp.ClientSession(trust_env=False) if session is None else session
     try:
@@ -110,6 +116,7 @@ async def _send(
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
                     raise VaultError(f"response larger than {MAX_RESPONSE_BYTES} bytes")
+                charge(len(chunk))
                 chunks.append(chunk)
             return response.status, b"".join(chunks)
     finally:
@@ -146,16 +153,20 @@ class VaultClient:
             url = url.with_query(query)
         timeout_s = min(REQUEST_TIMEOUT_S, self._ctx.remaining_s())
         body = None if payload is None else json.dumps(payload).encode()
+        if body is not None:
+            self._ctx.charge(len(body))
         headers = self._headers if body is None else {**self._headers, "Content-Type": "application/json"}
         session = self._ctx.services.get("http")
         try:
             if timeout_s <= 0:
                 raise TimeoutError("context deadline exceeded")
-            status, raw = self._ctx.call(_send(session, method, url, headers, body, timeout_s), timeout_s)
+            with LoopCharges(self._ctx) as charge:
+                status, raw = self._ctx.call(_send(session, method, url, headers, body, timeout_s, charge), timeout_s)
         except (aiohttp.ClientError, TimeoutError, OSError, VaultError) as exc:
             raise VaultError(f'{method.capitalize()} "{url}": {error_text(exc)}') from exc
         if status >= 400 and not (absent_ok and status == 404):
             raise _response_error(method, url, status, raw)
+        self._ctx.charge(decode_bytes(raw))
         try:
             return status, json.loads(raw) if raw.strip() else None
         except ValueError as exc:
@@ -212,7 +223,11 @@ class VaultClient:
             path_s = check_text(path, 2, "write")
             table = check_table(data, 3, "write")
             mount_s = check_text(mount, 4, "write")
-            values = {_text(key): _text(value) for key, value in table.items()}
+            values = {}
+            for key, value in table.items():
+                name, text = _text(key), _text(value)
+                self._ctx.charge(len(name) + len(text) + _VALUE_BYTES)
+                values[name] = text
             return self.write(path_s, values, mount_s)
 
         def read(this: object = None, path: object = None, mount: object = None, *_: object) -> tuple[object, ...]:

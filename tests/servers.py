@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import grpc.aio
 import pytest
+from aetcd import rpc
 from aiohttp import web
 
+from msgscript.embedded_nats import nats_server_binary as embedded_nats_binary
 from msgscript.errors import ConfigError
-from msgscript.nats_server import nats_server_binary as embedded_nats_binary
 
 READY_TIMEOUT_S = 10.0
 
@@ -72,9 +74,16 @@ class NatsServer:
 
 
 @contextlib.asynccontextmanager
-async def run_nats_server(*extra: str, port: int = -1) -> AsyncIterator[NatsServer]:
-    """Run nats-server on `port` (default: a random free one) until the context exits."""
+async def run_nats_server(*extra: str, port: int = -1, config: str = "") -> AsyncIterator[NatsServer]:
+    """Run nats-server on `port` (default: a random free one) until the context exits.
+
+    `extra` are more command-line flags (`--tls`, `--user`, ...); `config` is the text of a configuration
+    file (for what has no flag: NKey users, operator mode), given with `-c`.
+    """
     with tempfile.TemporaryDirectory(prefix="msgscript-nats-") as tmp:
+        if config:
+            (Path(tmp) / "nats.conf").write_text(config)
+            extra = ("-c", str(Path(tmp) / "nats.conf"), *extra)
         proc = await asyncio.create_subprocess_exec(
             nats_server_binary(),
             "-a",
@@ -118,27 +127,59 @@ def etcd_binary() -> str:
 @dataclass
 class EtcdServer:
     url: str
-    """The client URL, e.g. http://127.0.0.1:40123."""
+    """The client URL, e.g. http://127.0.0.1:40123 (https:// with TLS)."""
     endpoint: str
     """The same as host:port, the other form ETCD_ENDPOINTS accepts."""
     process: asyncio.subprocess.Process
 
 
-async def _etcd_is_healthy(url: str) -> bool:
+@dataclass(frozen=True)
+class EtcdTls:
+    """The files of an etcd that serves its clients over TLS."""
+
+    ca: Path
+    """Signs the server's certificate and, with `client_cert_auth`, the clients'."""
+    cert: Path
+    key: Path
+    client_cert_auth: bool = False
+    """Clients must show a certificate signed by `ca` (etcd's --client-cert-auth)."""
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    """A client certificate for the readiness check when `client_cert_auth` is on."""
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None:
+            context.load_cert_chain(str(self.client_cert), None if self.client_key is None else str(self.client_key))
+        return context
+
+
+async def _etcd_is_healthy(url: str, ssl_context: ssl.SSLContext | None = None) -> bool:
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-            async with session.get(f"{url}/health") as response:
+            async with session.get(f"{url}/health", ssl=ssl_context or True) as response:
                 return response.status == 200 and (await response.json(content_type=None)).get("health") == "true"
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return False
 
 
 @contextlib.asynccontextmanager
-async def run_etcd(client_port: int = 0) -> AsyncIterator[EtcdServer]:
-    """Run a single-member etcd with a temporary data directory on free ports (or the given client port)."""
+async def run_etcd(
+    client_port: int = 0, *, tls: EtcdTls | None = None, extra: tuple[str, ...] = ()
+) -> AsyncIterator[EtcdServer]:
+    """Run a single-member etcd with a temporary data directory on free ports (or the given client port).
+
+    With `tls` the clients' port speaks TLS only; `extra` are more etcd flags (`--auth-token-ttl 1`, ...).
+    """
     binary = etcd_binary()
     client_port, peer_port = client_port or free_port(), free_port()
-    client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    scheme = "http" if tls is None else "https"
+    client_url, peer_url = f"{scheme}://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+    if tls is not None:
+        extra = ("--cert-file", str(tls.cert), "--key-file", str(tls.key), *extra)
+        if tls.client_cert_auth:
+            # etcd 3.4 wants a certificate from every client once it is given a trusted CA.
+            extra = ("--client-cert-auth", "--trusted-ca-file", str(tls.ca), *extra)
     # etcd reads ETCD_* variables as flags: the test's own ETCD_ENDPOINTS must not reach it.
     env = {key: value for key, value in os.environ.items() if not key.startswith("ETCD_")}
     with tempfile.TemporaryDirectory(prefix="msgscript-etcd-") as tmp:
@@ -162,6 +203,7 @@ async def run_etcd(client_port: int = 0) -> AsyncIterator[EtcdServer]:
             "zap",
             "--log-level",
             "error",
+            *extra,
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -169,13 +211,29 @@ async def run_etcd(client_port: int = 0) -> AsyncIterator[EtcdServer]:
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + READY_TIMEOUT_S
-            while not await _etcd_is_healthy(client_url):
+            ssl_context = None if tls is None else tls.client_context()
+            while not await _etcd_is_healthy(client_url, ssl_context):
                 if proc.returncode is not None or loop.time() > deadline:
                     raise RuntimeError("etcd did not start")
                 await asyncio.sleep(0.05)
             yield EtcdServer(url=client_url, endpoint=f"127.0.0.1:{client_port}", process=proc)
         finally:
             await stop_process(proc)
+
+
+async def enable_etcd_auth(server: EtcdServer, *, user: str, password: str, root_password: str) -> None:
+    """Turn etcd's authentication on (through its API, as `etcdctl auth enable` does): a root user, and `user`,
+    who may read and write every key. The server must be plain-text."""
+    async with grpc.aio.insecure_channel(server.endpoint) as channel:
+        auth = rpc.AuthStub(channel)
+        await auth.UserAdd(rpc.AuthUserAddRequest(name="root", password=root_password))
+        await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user="root", role="root"))
+        everything = rpc.Permission(permType=rpc.Permission.READWRITE, key=b"\0", range_end=b"\0")
+        await auth.RoleAdd(rpc.AuthRoleAddRequest(name="functions"))
+        await auth.RoleGrantPermission(rpc.AuthRoleGrantPermissionRequest(name="functions", perm=everything))
+        await auth.UserAdd(rpc.AuthUserAddRequest(name=user, password=password))
+        await auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user=user, role="functions"))
+        await auth.AuthEnable(rpc.AuthEnableRequest())
 
 
 @contextlib.asynccontextmanager

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import os
 import signal
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
+from tests.http_wire import exchange, exchange_then_closed
 from tests.servers import free_port
 
 ROOT = Path(__file__).parent.parent
@@ -157,6 +160,48 @@ async def test_script_error_is_a_500_and_libraries_come_from_the_directory(
         async with client.post(server.url + "/funcs.fail") as resp:
             assert resp.status == 500
             assert (await resp.text()).startswith("Error: failed to read the script file")
+        status, _ = await server.stop()
+    assert status == 0
+
+
+async def test_requests_get_the_gateways_checks_and_body_decoding(
+    tmp_path: Path, client: aiohttp.ClientSession
+) -> None:
+    script = tmp_path / "hello.lua"
+    script.write_text((EXAMPLES / "hello.lua").read_text())
+    async with devhttp(str(script)) as server:
+        port = int(server.url.rsplit(":", 1)[1])
+        answer, closed = await exchange_then_closed(port, b"GET /funcs.hello HTTP/2.0\r\nHost: x\r\n\r\n")
+        assert (answer.status, closed) == (505, True)
+        for refused, reason in (
+            (b"GET /funcs.hello HTTP/1.1\r\nHost: a b\r\n\r\n", b"invalid Host header"),
+            (b"GET /funcs.hello\r\nHost: x\r\n\r\n", b"HTTP/0.9 is not supported"),
+            (
+                b"CONNECT funcs.hello:80 HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"CONNECT is not supported, this server is not a proxy",
+            ),
+        ):
+            answer, closed = await exchange_then_closed(port, refused)
+            assert (answer.status, answer.body, closed) == (400, b"Error: bad request: " + reason, True)
+        answer = await exchange(port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (answer.status, answer.body) == (200, b"")
+        answer = await exchange(port, b"GET //funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (answer.status, answer.headers["Location"]) == (301, "/funcs.hello")
+        for body, coding in (
+            (gzip.compress(b"John"), "gzip"),
+            (zlib.compress(gzip.compress(b"John")), "gzip, deflate"),
+        ):
+            async with client.post(
+                server.url + "/funcs.hello", data=body, headers={"Content-Encoding": coding}
+            ) as resp:
+                assert resp.status == 200
+                assert await resp.read() == b"Processed subject: funcs.hello with payload: John"
+        headers = {"Content-Encoding": "gzip"}
+        async with client.post(server.url + "/funcs.hello", data=gzip.compress(b"John")[:-8], headers=headers) as resp:
+            assert (resp.status, await resp.read()) == (400, b"Error: bad request body: the gzip stream is cut short")
+        async with client.post(server.url + "/funcs.hello", data=b"John", headers={"Content-Encoding": "zstd"}) as resp:
+            assert resp.status == 415
+            assert resp.headers["Accept-Encoding"].startswith("gzip, deflate")
         status, _ = await server.stop()
     assert status == 0
 

@@ -447,7 +447,7 @@ async def test_etcd_unreachable_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert (run.code, run.out) == (1, "")
     assert run.err.startswith("failed to get script store: ")
     assert run.err.count("\n") == 1
-    run = await cli("-e", "https://127.0.0.1:2379", "list")
+    run = await cli("-e", "unix:///run/etcd.sock", "list")
     assert run.code == 1
     assert run.err.startswith("failed to get script store: invalid etcd endpoint")
 

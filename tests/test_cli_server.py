@@ -49,14 +49,18 @@ async def test_unknown_flag_is_a_usage_error() -> None:
 
 
 async def test_unknown_backend_is_one_clear_line(nats_url: str) -> None:
-    code, _, err = await run_msgscript("-backend", "sqlite", "-natsurl", nats_url, "-script", str(EXAMPLES))
+    code, _, err = await run_msgscript(
+        "-backend", "sqlite", "-natsurl", nats_url, "-script", str(EXAMPLES), "-port", str(free_port())
+    )
     assert code == 1
     assert "failed to initialize the script store: Unknown backend: sqlite" in err
     assert "Traceback" not in err
 
 
 async def test_unreachable_nats_stops_the_start() -> None:
-    code, _, err = await run_msgscript("-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES))
+    code, _, err = await run_msgscript(
+        "-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES), "-port", str(free_port())
+    )
     assert code == 1
     assert "Failed to connect to NATS: no server answered at nats://127.0.0.1:" in err
     assert "Traceback" not in err
@@ -77,7 +81,9 @@ async def test_invalid_log_level(nats_url: str) -> None:
 
 
 async def test_unreadable_script_dir(nats_url: str, tmp_path: Path) -> None:
-    code, _, err = await run_msgscript("-natsurl", nats_url, "-script", str(tmp_path / "missing"))
+    code, _, err = await run_msgscript(
+        "-natsurl", nats_url, "-script", str(tmp_path / "missing"), "-port", str(free_port())
+    )
     assert code == 1
     assert "failed to read directory" in err and "missing" in err
     assert "Traceback" not in err

@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from msgscript.config import Settings
 from msgscript.script import parse_script
 from msgscript.store import open_store
-from tests.processes import Daemon, command_env, start_daemon
+from tests.processes import Daemon, Proc, command_env, start_daemon
 from tests.servers import EtcdServer, NatsServer, free_port
 
 INSTANCES = 3
@@ -198,7 +198,10 @@ async def test_the_others_carry_on_when_an_instance_dies(
         finally:
             done += 1
         if done == REQUESTS // 3:
-            cluster[0].daemon.proc.send_signal(signal.SIGKILL)
+            # The instance dies whole: its supervisor and its worker together (as a container or a unit does).
+            supervisor = cluster[0].daemon.proc.pid
+            for pid in (supervisor, *Proc(supervisor).children()):
+                os.kill(pid, signal.SIGKILL)
         return reply_payload(reply.data)
 
     ids = [f"k{i}".encode() for i in range(REQUESTS)]

@@ -204,8 +204,8 @@ async def test_opening_needs_no_etcd() -> None:
 
 
 async def test_invalid_endpoint_fails_on_use_not_on_open() -> None:
-    async with EtcdClient(["https://etcd.example:2379"]) as client:
-        with pytest.raises(EtcdError, match="only http:// endpoints are supported"):
+    async with EtcdClient(["unix:///run/etcd.sock"]) as client:
+        with pytest.raises(EtcdError, match="only http:// and https:// endpoints are supported"):
             await client.get("k", timeout_s=T)
 
 
@@ -225,6 +225,8 @@ async def test_closed_client_refuses_requests(etcd_server: EtcdServer) -> None:
         ("http://127.0.0.1:12379/", Endpoint("127.0.0.1", 12379)),
         (" etcd ", Endpoint("etcd", 2379)),
         ("[::1]:2380", Endpoint("::1", 2380)),
+        ("https://127.0.0.1:12379", Endpoint("127.0.0.1", 12379, secure=True)),
+        ("HTTPS://etcd", Endpoint("etcd", 2379, secure=True)),
     ],
 )
 def test_parse_endpoint(text: str, expected: Endpoint) -> None:
@@ -236,7 +238,7 @@ def test_endpoint_text() -> None:
     assert str(Endpoint("localhost", 2379)) == "localhost:2379"
 
 
-@pytest.mark.parametrize("text", ["", "https://a:1", "unix:///run/etcd.sock", "a:port", "http://a:1/path"])
+@pytest.mark.parametrize("text", ["", "grpc://a:1", "unix:///run/etcd.sock", "a:port", "https://a:1/path"])
 def test_parse_endpoint_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="etcd endpoint"):
         parse_endpoint(text)

@@ -624,8 +624,9 @@ async def test_modules_that_may_block_run_on_workers() -> None:
     "work",
     [
         "local n = 0 for i = 1, 3e6 do n = n + 1 end",
-        'local s = ("x"):rep(5000):find("y")',
-        'local s = ("ab"):match("a*a*a*a*a*b")',
+        'local s = ("x"):rep(5000):find("x*y")',
+        'local s = ("a"):rep(60):match("a*a*a*a*a*b")',
+        'local s = ("x"):rep(5000):find(("x"):rep(300) .. "y", 1, true)',
         'local s = ("x"):rep(2 * 1024 * 1024)',
         "io.write('')",
         "local t = os.tmpname() os.remove(t)",

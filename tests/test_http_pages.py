@@ -1,4 +1,4 @@
-"""The browse pages over a real port: README, subject list, names, script info, redirects, --no-browse."""
+"""The browse pages over a real port: README, subject list, names, script info, redirects, -browse off."""
 
 from __future__ import annotations
 
@@ -208,13 +208,37 @@ async def test_internal_subjects_answer_over_http(site: str, client: aiohttp.Cli
     async with client.post(site + "/__listNamesForScript", data=b"funcs.multi") as resp:
         assert resp.status == 200
         assert await resp.read() == b'["a","b"]'
-    async with client.post(site + "/__infoNamedScript", data=b"nocomma") as resp:
-        assert resp.status == 500
-        assert await resp.text() == "Error: invalid request"
+    async with client.post(site + "/__infoNamedScript", data=b"funcs.hello,hello") as resp:
+        assert resp.status == 200
+        assert '"executor":"lua"' in await resp.text()
 
 
-async def test_no_browse_turns_the_pages_off(start_site: SiteFactory, client: aiohttp.ClientSession) -> None:
-    async with start_site(browse=False) as url:
+@pytest.mark.parametrize(
+    ("subject", "data", "status", "text"),
+    [
+        ("__infoNamedScript", b"nocomma", 400, "Error: invalid request"),
+        ("__infoNamedScript", b"a,b,c", 400, "Error: invalid request"),
+        ("__infoNamedScript", b"", 400, "Error: invalid request"),
+        (
+            "__infoNamedScript",
+            b"funcs.hello,nobody",
+            404,
+            "Error: no script found for subject funcs.hello with name nobody",
+        ),
+        ("__listNamesForScript", b"nothing.here", 404, "Error: script not found for subject: nothing.here"),
+        ("__listNamesForScript", b"", 404, "Error: script not found for subject: "),
+    ],
+)
+async def test_internal_subjects_answer_junk_400_and_a_miss_404(
+    site: str, client: aiohttp.ClientSession, subject: str, data: bytes, status: int, text: str
+) -> None:
+    async with client.post(f"{site}/{subject}", data=data) as resp:
+        assert resp.status == status
+        assert await resp.text() == text
+
+
+async def test_browse_off_turns_the_pages_off(start_site: SiteFactory, client: aiohttp.ClientSession) -> None:
+    async with start_site(browse="off") as url:
         for path in ("/", "/_/", "/_/list", "/_/subject/funcs.hello", "/_/info/funcs.hello/hello"):
             status, _, page = await fetch(client, url + path)
             assert status == 404, path

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -249,6 +251,47 @@ async def test_require_inside_a_coroutine_defines_the_global(ex: Executor) -> No
     local ok, mod = coroutine.resume(co)
     return tostring(ok) .. " " .. type(mod.put) .. " " .. EtcdKV.new("k", "v"):getValue()"""
     assert await on_message(ex, body) == b"true function v"
+
+
+GC_CHILD = '''
+import asyncio
+from tests.lua_harness import lua_executor, on_message
+
+BODY = """
+local etcd = require("etcd")
+local mt = getmetatable(EtcdKV.new("k", "v"))
+-- Lua runs a userdata's __gc with the instruction hook off: this finalizer would never end.
+mt.__gc = function() while true do end end
+for i = 1, 1000 do EtcdKV.new("k", "v") end
+collectgarbage()
+collectgarbage()
+EtcdKV.__index = {getKey = function() return "replaced" end}
+return tostring(mt == EtcdKV) .. " " .. EtcdKV.new("a", "b"):getKey()
+"""
+
+async def main():
+    async with lua_executor(plugins=False, lua_threads=1) as executor:
+        print((await on_message(executor, BODY, timeout_s=5)).decode())
+        print((await on_message(executor, 'return require("etcd") and EtcdKV.new("a", "b"):getValue()')).decode())
+
+asyncio.run(main())
+'''
+
+
+async def test_a_script_cannot_give_kvs_a_finalizer() -> None:
+    # In a child process: were the finalizer to run, it would spin forever where nothing can stop it.
+    root = Path(__file__).resolve().parent.parent
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", GC_CHILD, cwd=root, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail("a KV finalizer set by the script ran")
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["true replaced", "b"]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from msgscript.errors import ScriptTimeout
 from msgscript.executors import Executor
 from msgscript.executors.lua import LuaExecutor
 from msgscript.lua.modules import builtin_modules
-from msgscript.lua.modules.http import canonical_header_key
+from msgscript.lua.modules.http import BATCH_CONCURRENCY, canonical_header_key
 from msgscript.lua.modules.http import module as http_module
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory
@@ -101,6 +101,22 @@ class _Barrier:
         except TimeoutError:
             return web.Response(status=504, text="alone")
         return web.Response(text=request.match_info["name"])
+
+
+class _Crowd:
+    """Counts how many requests are in progress at once (each stays a moment)."""
+
+    def __init__(self) -> None:
+        self.now = self.most = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            self.now -= 1
+        return web.Response(text="here")
 
 
 @pytest.fixture
@@ -383,6 +399,34 @@ async def test_batch_without_failures_returns_one_value(executor: Executor, serv
         return json.encode({responses[1].status_code, tostring(errors)})
     """
     assert await lua(executor, server, body) == [200, "nil"]
+
+
+async def test_batch_sends_at_most_sixteen_requests_at_once(executor: Executor) -> None:
+    # The connection pool is shared with every other execution: one batch must not take all of it.
+    crowd = _Crowd()
+    app = web.Application()
+    app.router.add_get("/crowd", crowd.handle)
+    body = """
+    local requests = {}
+    for i = 1, 40 do requests[i] = {"GET", BASE .. "/crowd"} end
+    local responses, errors = http.request_batch(requests)
+    return json.encode({#responses, errors == nil, responses[40].body})
+    """
+    async with serve_app(app) as url:
+        assert await lua(executor, url, body) == [40, True, "here"]
+    assert crowd.most == BATCH_CONCURRENCY == 16
+
+
+async def test_options_are_read_without_metamethods(executor: Executor, server: str) -> None:
+    # gluahttp reads options with RawGet; a metamethod of the script's would run with the memory cap lifted.
+    body = """
+    local trap = {__index = function() error("called") end}
+    local opts = setmetatable({headers = setmetatable({["X-Raw"] = "yes"}, trap)}, trap)
+    local r = assert(http.get(BASE .. "/echo", opts))
+    local batch = http.request_batch(setmetatable({setmetatable({"GET", BASE .. "/echo"}, trap)}, trap))
+    return json.encode({json.decode(r.body).headers["X-Raw"], batch[1].status_code})
+    """
+    assert await lua(executor, server, body) == ["yes", 200]
 
 
 async def test_batch_needs_a_table(executor: Executor, server: str) -> None:

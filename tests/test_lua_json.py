@@ -12,7 +12,7 @@ from msgscript.executors.base import RunContext
 from msgscript.executors.lua import LuaExecutor
 from msgscript.lua.modules import builtin_modules
 from msgscript.lua.modules.json import json_number
-from msgscript.message import Message
+from msgscript.message import Message, go_string
 from msgscript.script import Script
 
 
@@ -173,3 +173,37 @@ async def test_encoded_table_is_not_modified(executor: LuaExecutor) -> None:
 )
 def test_json_number(value: float, text: str) -> None:
     assert json_number(value) == text
+
+
+# Memory: the encoder and decoder charge what they build (tests/test_module_memory.py holds the RSS checks).
+
+
+async def test_long_strings_are_escaped_in_pieces_like_one_string(executor: LuaExecutor) -> None:
+    # Escaped 64 KiB at a time: a character or an invalid byte must come out the same wherever a piece ends.
+    text = "a\u00e9\U0001f600<\u2028".encode() + b"\xff\xe2\x82"
+    payload = text * 30000
+    assert (
+        await lua(executor, "return json.encode({payload = p})", payload)
+        == b'{"payload":' + (go_string(payload).encode()) + b"}"
+    )
+
+
+async def test_values_past_the_inline_budget_still_encode_and_decode(executor: LuaExecutor) -> None:
+    # Past the small Python budget of an execution on the event loop, it moves to a worker, where it succeeds.
+    body = """
+        local s = ("x"):rep(1024 * 1024)
+        local text = json.encode({s, {a = s}})
+        local back = json.decode(text)
+        return tostring(back[2].a == s) .. #text
+    """
+    assert await lua(executor, body) == b"true" + str(2 * (1024 * 1024 + 2) + 9).encode()
+
+
+async def test_encoding_past_the_memory_cap_is_an_error(executor: LuaExecutor) -> None:
+    body = """
+        local s = ("x"):rep(2 * 1024 * 1024)
+        local t = {} for i = 1, 64 do t[i] = s end
+        local ok, err = pcall(json.encode, t)
+        return tostring(ok) .. " " .. err .. " " .. json.encode({s:sub(1, 3)})
+    """
+    assert await lua(executor, body) == b'false not enough memory ["xxx"]'

@@ -213,6 +213,30 @@ async def test_missing_subject_is_an_argument_error(executor: Executor, function
     assert await lua(executor, body) == f"false|bad argument #1 to '{function}' (string expected, got nil)"
 
 
+async def test_gmatch_over_a_number_and_unmatched_groups(executor: Executor) -> None:
+    body = """
+    local t = {}
+    for d in re.gmatch(12345, "[0-9]") do t[#t + 1] = d end
+    for a, b in re.gmatch("x1 y", "([a-z])([0-9])?") do t[#t + 1] = a .. "<" .. b .. ">" end
+    return show(unpack(t))
+    """
+    assert await lua(executor, body) == "1|2|3|4|5|x<1>|y<>"
+
+
+async def test_big_results_move_off_the_event_loop_and_past_the_cap_fail(executor: Executor) -> None:
+    # Past the small budget of an execution on the event loop, it moves to a worker, where it succeeds; past
+    # the memory cap (32 MiB here) the result is never built.
+    body = """
+    local s = ("ab"):rep(64 * 1024)
+    local swapped, n = re.gsub(s, "(a)(b)", "$2$1")
+    local count = 0
+    for _ in re.gmatch(s, "a") do count = count + 1 end
+    local ok, err = pcall(re.gsub, s, "a", ("y"):rep(1000))
+    return show(swapped:sub(1, 4), n, count, ok, err:match("not enough memory$"))
+    """
+    assert await lua(executor, body) == "baba|65536|65536|false|not enough memory"
+
+
 def test_re_is_inline_safe() -> None:
     assert re_module.inline_safe is True
 

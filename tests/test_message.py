@@ -201,6 +201,12 @@ def test_envelope_base64_may_contain_escaped_line_breaks() -> None:
     assert decode_message("x", b'{"payload":"Sm9o\\r\\nbg==","subject":"s"}').payload == b"John"
 
 
+def test_envelope_with_a_huge_number_in_an_unknown_field_is_still_an_envelope() -> None:
+    # Python will not make an int of more than 4300 digits; Go skips the field whatever it holds.
+    data = b'{"payload":"Sm9obg==","extra":' + b"7" * 5000 + b',"subject":"s"}'
+    assert decode_message("x", data).payload == b"John"
+
+
 def test_deeply_nested_json_is_raw_instead_of_failing() -> None:
     data = b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 

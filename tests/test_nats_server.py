@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from typing import Any
 
 import nats
 import pytest
@@ -12,8 +14,12 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from msgscript.dispatch import Dispatcher
+from msgscript.etcd import EtcdClient
 from msgscript.message import Message, Reply
+from msgscript.script import parse_script
 from tests.conftest import DaemonFactory
+from tests.fixtures import SCRIPTS
+from tests.servers import run_etcd
 
 HELLO_JOHN = (
     b'{"script_result":[{"http_code":0,"error":"","http_headers":null,"is_html":false,'
@@ -45,9 +51,26 @@ async def test_null_is_passed_as_raw_text(daemon: Dispatcher, nc: nats.NATS) -> 
     assert payloads(reply) == [b"Processed subject: funcs.hello with payload: null"]
 
 
-async def test_envelope_subject_overrides_the_nats_subject(daemon: Dispatcher, nc: nats.NATS) -> None:
-    envelope = b'{"subject":"funcs.hello","payload":"Sm9obg=="}'
-    msg = await nc.request("funcs.multi", envelope, timeout=5)
+async def test_envelope_subject_within_the_subscription_is_honoured(daemon: Dispatcher, nc: nats.NATS) -> None:
+    # funcs.wild.b reaches the `funcs.wild.*` subscription, which funcs.wild.c could have reached directly.
+    envelope = b'{"subject":"funcs.wild.c","payload":"Sm9obg=="}'
+    reply = await request(nc, "funcs.wild.b", envelope)
+    assert payloads(reply) == [b"wild funcs.wild.c"]
+    # The same subscription also takes funcs.wild.a, which runs its literal script too.
+    reply = await request(nc, "funcs.wild.b", b'{"subject":"funcs.wild.a","payload":""}')
+    assert sorted(payloads(reply)) == [b"literal funcs.wild.a", b"wild funcs.wild.a"]  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    "envelope_subject",
+    # Another script subject, a wildcard, an inbox, nothing at all: the arrival subject's scripts run.
+    ["funcs.multi", "funcs.*", "_INBOX.taken", ""],
+)
+async def test_envelope_subject_outside_the_subscription_is_ignored(
+    daemon: Dispatcher, nc: nats.NATS, envelope_subject: str
+) -> None:
+    envelope = json.dumps({"subject": envelope_subject, "payload": "Sm9obg=="}).encode()
+    msg = await nc.request("funcs.hello", envelope, timeout=5)
     assert msg.data == HELLO_JOHN
 
 
@@ -57,12 +80,12 @@ async def test_envelope_with_invalid_base64_is_raw(daemon: Dispatcher, nc: nats.
     assert payloads(reply) == [b"Processed subject: funcs.hello with payload: " + data]
 
 
-async def test_envelope_for_a_subject_without_scripts_is_an_error_reply(daemon: Dispatcher, nc: nats.NATS) -> None:
-    msg = await nc.request("funcs.hello", b'{"subject":"funcs.unknown","payload":""}', timeout=5)
-    assert msg.data == (
-        b'{"script_result":null,"is_html":false,'
-        b'"error":"failed to get scripts for subject: script not found for subject: funcs.unknown"}'
-    )
+async def test_envelope_for_a_subject_without_scripts_runs_the_arrival_subject(
+    daemon: Dispatcher, nc: nats.NATS
+) -> None:
+    reply = await request(nc, "funcs.hello", b'{"subject":"funcs.unknown","payload":"Sm9obg=="}')
+    assert reply.error == ""
+    assert payloads(reply) == [b"Processed subject: funcs.hello with payload: John"]
 
 
 async def test_subject_without_script_gets_no_responders(daemon: Dispatcher, nc: nats.NATS) -> None:
@@ -146,8 +169,28 @@ async def test_library_is_prepended(daemon: Dispatcher, nc: nats.NATS) -> None:
     assert payloads(await request(nc, "funcs.lib", b"John")) == [b"hi John"]
 
 
-async def test_missing_library_is_skipped_by_the_file_store(daemon: Dispatcher, nc: nats.NATS) -> None:
-    assert payloads(await request(nc, "funcs.nolib", b"")) == [b"ok"]
+@pytest.mark.parametrize(
+    ("backend", "error"),
+    [
+        ("file", "failed to read librairies: library 'nosuchlib' not found"),
+        ("etcd", "failed to read librairies: key msgscript/libs/nosuchlib doesn't exists"),
+    ],
+)
+async def test_missing_library_is_an_error_on_both_backends(
+    make_daemon: DaemonFactory, nc: nats.NATS, backend: str, error: str
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        options: dict[str, Any] = {}
+        if backend == "etcd":
+            etcd_server = await stack.enter_async_context(run_etcd())
+            async with EtcdClient([etcd_server.url]) as etcd:
+                script = parse_script(SCRIPTS["nolib.lua"])
+                await etcd.put(f"msgscript/scripts/{script.subject}/{script.name}", script.to_json(), timeout_s=5)
+            options = {"backend": "etcd", "etcd_endpoints": (etcd_server.url,)}
+        await stack.enter_async_context(make_daemon(**options))
+        reply = await nc.request("funcs.nolib", b"", timeout=5)
+    (result,) = Reply.from_json(reply.data).results or ()
+    assert (result.error, result.payload) == (error, None)
 
 
 async def test_json_module_encodes_like_go(daemon: Dispatcher, nc: nats.NATS) -> None:

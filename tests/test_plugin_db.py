@@ -387,6 +387,35 @@ async def test_postgres_several_statements_give_the_first_result(ex: Executor, p
     assert await on_message(ex, body) == b"1nilnil"
 
 
+async def test_postgres_rows_of_later_statements_are_read_and_dropped(
+    ex: Executor, pg_conn: Any, pg_table: str
+) -> None:
+    # Rows stream one at a time: the later statements still run, their rows are not kept, and an error in any
+    # statement is the query's error, with the connection ready for the next one.
+    pg_conn.execute(f"CREATE TABLE {pg_table} (name text)")
+    body = f"""
+        local c = require("postgres").new()
+        c:connect({POSTGRES_LUA})
+        local rows = c:query("SELECT n FROM generate_series(1, 3) AS n; INSERT INTO {pg_table} (name) VALUES ('later');"
+          .. " SELECT n FROM generate_series(1, 1000) AS n")
+        local failed, err = c:query("SELECT 1; SELECT 1 / 0")
+        local again = c:query("SELECT name FROM {pg_table}")
+        return #rows .. rows[3].n .. "|" .. tostring(failed) .. "|" .. err .. "|" .. again[1].name
+    """
+    assert await on_message(ex, body) == b"33|nil|division by zero|later"
+
+
+async def test_postgres_copy_is_refused_and_the_connection_closed(ex: Executor, pg_conn: Any) -> None:
+    body = f"""
+        local c = require("postgres").new()
+        c:connect({POSTGRES_LUA})
+        local rows, err = c:query("COPY (SELECT 1) TO STDOUT")
+        local after, after_err = c:query("SELECT 1 AS one")
+        return tostring(rows) .. "|" .. err .. "|" .. tostring(after) .. "|" .. after_err
+    """
+    assert await on_message(ex, body) == b"nil|COPY cannot be used in a query|nil|connect required"
+
+
 async def test_postgres_escape(ex: Executor, pg_conn: Any) -> None:
     body = f"""
         local postgres = require("postgres")

@@ -107,6 +107,20 @@ async def test_trimming_and_predicates_follow_go(ex: Executor, call: str, expect
     assert await lua(ex, f'local s = require("strings")\nreturn {call}') == expected
 
 
+async def test_trimming_takes_linear_time(ex: Executor) -> None:
+    # strings is inline-safe: a long run of space inside the string (where trailing space was searched with
+    # backtracking) or a long trimmed edge must not hold the event loop.
+    body = """
+    local s = require("strings")
+    local inner = "x" .. (" "):rep(200000) .. "x"
+    local edges = ("\\227\\128\\128"):rep(100000) .. "y" .. ("\\227\\128\\128"):rep(100000)
+    return #s.trim_space(inner) .. "|" .. s.trim_space(edges) .. "|" .. s.trim(edges, "\\227\\128\\128")
+    """
+    started = time.monotonic()
+    assert await lua(ex, body, timeout_s=5) == b"200002|y|y"
+    assert time.monotonic() - started < 2
+
+
 async def test_strings_argument_errors(ex: Executor) -> None:
     body = """
     local s = require("strings")

@@ -964,6 +964,120 @@ async def test_tcp_connection_left_open_is_closed_at_the_end(ex: Executor) -> No
         await asyncio.wait_for(closed.wait(), 5)
 
 
+# What one execution may hold open, and what it leaves behind
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+ABANDON = """
+local tac, log, lfs, ioutil = require("tac"), require("log"), require("lfs"), require("ioutil")
+ioutil.write_file("f.txt", "a\\nb\\n")
+lfs.mkdir("d")
+ioutil.write_file("d/x", "x")
+ioutil.write_file("d/y", "y")
+local kept = {}
+for i = 1, 10 do
+  kept[#kept + 1] = tac.open("f.txt")
+  kept[#kept + 1] = log.new("f" .. i .. ".log")
+  local next_name = lfs.dir("d")
+  next_name()
+  kept[#kept + 1] = next_name
+end
+kept[#kept + 1] = require("tcp").open("127.0.0.1:PORT")
+return tostring(#kept)
+"""
+
+
+async def test_files_and_sockets_a_script_leaves_open_are_closed_when_it_ends(ex: Executor) -> None:
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    async with tcp_server(hold, connections=2) as port:
+        body = ABANDON.replace("PORT", str(port))
+        assert await lua(ex, body) == b"31"
+        before = open_fds()
+        assert await lua(ex, body) == b"31"
+        assert open_fds() == before
+
+
+async def test_an_execution_holds_at_most_64_of_each_kind_open(ex: Executor) -> None:
+    body = """
+    local tac, lfs = require("tac"), require("lfs")
+    require("ioutil").write_file("f.txt", "a\\n")
+    local scanners, dirs = {}, {}
+    for i = 1, 64 do
+      scanners[i] = assert(tac.open("f.txt"))
+      dirs[i] = lfs.dir(".")
+    end
+    local none, err = tac.open("f.txt")
+    local ok, dir_err = pcall(lfs.dir, ".")
+    scanners[1]:close()
+    for _ in dirs[1] do end
+    local again = tac.open("f.txt") ~= nil and lfs.dir(".") ~= nil
+    return tostring(none) .. "|" .. err .. "|" .. tostring(ok) .. "|" .. dir_err .. "|" .. tostring(again)
+    """
+    expected = b"nil|open f.txt: too many open files|false|open .: too many open files|true"
+    assert await lua(ex, body) == expected
+    # The count is the execution's: the next one starts afresh.
+    assert await lua(ex, body) == expected
+
+
+async def test_log_prints_tables_without_their_tostring(ex: Executor, tmp_path: Path) -> None:
+    # gopher-lua prints a table as `table: 0x...`; a __tostring of the script's would run with the memory cap
+    # lifted, inside the module call.
+    path = tmp_path / "t.log"
+    body = f"""
+    local t = setmetatable({{}}, {{__tostring = function() error("called") end}})
+    local flags = setmetatable({{}}, {{__index = function() error("called") end}})
+    local l = require("log").new({lua_string(path)})
+    l:set_flags(flags)
+    l:print(t)
+    l:printf("%v %s", t, t)
+    return "logged"
+    """
+    assert await lua(ex, body) == b"logged"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(r"table: 0x[0-9a-f]+", lines[0])
+    assert re.fullmatch(r"(table: 0x[0-9a-f]+) \1", lines[1])
+
+
+async def test_a_named_pipe_never_holds_a_thread_past_the_deadline(ex: Executor, tmp_path: Path) -> None:
+    # Opening a pipe without a peer would wait forever; reading one waits only until the deadline.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    body = f"""
+    local path = {lua_string(fifo)}
+    local scanner, tac_err = require("tac").open(path)
+    local _, log_err = require("log").new(path)
+    local write_err = require("ioutil").write_file(path, "x")
+    local store, store_err = require("storage").open(path)
+    return table.concat({{tostring(scanner), tac_err, log_err, write_err, tostring(store), store_err}}, "|")
+    """
+    started = time.monotonic()
+    assert (await lua(ex, body, timeout_s=5)).decode().split("|") == [
+        "nil",
+        f"read {fifo}: illegal seek",
+        f"open {fifo}: no such device or address",
+        f"open {fifo}: no such device or address",
+        "nil",
+        f"invalid storage file {fifo}: not a regular file",
+    ]
+    with pytest.raises(ScriptTimeout):
+        await on_message(ex, f'return require("ioutil").read_file({lua_string(fifo)})', timeout_s=1)
+    assert time.monotonic() - started < 4
+    assert await lua(ex, 'return "free"') == b"free"
+
+
+async def test_time_sleep_waits_its_time(ex: Executor) -> None:
+    started = time.monotonic()
+    assert await lua(ex, 'require("time").sleep(0.2) return "slept"') == b"slept"
+    assert 0.2 <= time.monotonic() - started < 5
+
+
 # End to end through a daemon over NATS
 
 E2E_SCRIPT = """--* subject: funcs.oslibs

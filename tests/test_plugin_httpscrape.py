@@ -10,7 +10,9 @@ import nats
 import pytest
 
 from msgscript.executors import Executor
+from msgscript.lua.modules import builtin_modules
 from msgscript.message import Reply
+from msgscript.plugins import load_plugins
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message
 
@@ -176,3 +178,9 @@ end
         msg = await nc.request("funcs.links", PAGE.encode(), timeout=10)
     (result,) = Reply.from_json(msg.data).results or ()
     assert (result.payload, result.error) == (b"/p/1,/p/2", "")
+
+
+def test_scrape_runs_on_worker_threads() -> None:
+    # html.parser takes quadratic time on some malformed markup: never on the event loop.
+    modules = load_plugins(PLUGIN_DIR, {}, builtin_modules())
+    assert getattr(modules["scrape"], "inline_safe", False) is False

@@ -388,3 +388,20 @@ async def test_a_server_answer_that_is_not_json(ex: Executor) -> None:
                 "Code: 502. Raw Message:\n\n<html>proxy error</html>"
             ).encode()
         )
+
+
+async def test_secrets_past_the_memory_cap_fail(kv: KvServer) -> None:
+    # The response body and its decoding, and what a write sends, count against the script's memory cap.
+    kv.secrets["big"] = {"blob": "s" * (6 * 1024 * 1024)}
+    kv.secrets["small"] = {"blob": "s" * 1024}
+    body = f"""{connect(kv)}
+        local read_ok, read_err = pcall(v.read, v, "/big", "{MOUNT}")
+        local big = ("w"):rep(2 * 1024 * 1024)
+        local write_ok, write_err = pcall(v.write, v, "/w", {{a = big, b = big, c = big}}, "{MOUNT}")
+        local small = assert(v:read("/small", "{MOUNT}"))
+        local out = {{tostring(read_ok), read_err, tostring(write_ok), write_err, #small.blob}}
+        return table.concat(out, "|")
+    """
+    async with lua_executor(env={}, max_memory_bytes=8 * 1024 * 1024) as executor:
+        assert await on_message(executor, body) == b"false|not enough memory|false|not enough memory|1024"
+    assert "w" not in kv.secrets

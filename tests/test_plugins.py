@@ -14,7 +14,7 @@ from msgscript.lua.modules import builtin_modules
 from msgscript.plugins import load_plugins
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message
 from tests.processes import run_msgscript
-from tests.servers import run_nats_server
+from tests.servers import free_port, run_nats_server
 
 BUNDLED_MODULES = {
     "hello",
@@ -129,7 +129,9 @@ def test_plugin_directory_must_exist(tmp_path: Path) -> None:
 async def test_server_stops_at_startup_on_a_broken_plugin(tmp_path: Path) -> None:
     write(tmp_path / "plugins" / "bad.py", "import no_such_module_anywhere\n")
     async with run_nats_server() as server:
-        code, _, err = await run_msgscript("-natsurl", server.url, "-plugin", str(tmp_path / "plugins"))
+        code, _, err = await run_msgscript(
+            "-natsurl", server.url, "-plugin", str(tmp_path / "plugins"), "-port", str(free_port())
+        )
     assert code == 1
     assert "failed to read plugins: failed to open plugin file" in err
     assert "No module named 'no_such_module_anywhere'" in err

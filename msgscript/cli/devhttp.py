@@ -19,15 +19,10 @@ from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
 from msgscript.executors import Executor, open_executors
-from msgscript.http.gateway import (
-    BodyTooLarge,
-    first_segment,
-    html_response,
-    read_body,
-    request_target,
-    script_url,
-    text_response,
-)
+from msgscript.http.body import BodyError, body_error_response, read_body
+from msgscript.http.gateway import first_segment, html_response, request_target, script_url, text_response
+from msgscript.http.protocol import GatewayRunner
+from msgscript.http.server import clean_request_target
 from msgscript.message import Message
 from msgscript.script import Script
 from msgscript.store.memory import MemoryStore
@@ -80,8 +75,8 @@ def build_dev_app(target: DevTarget, executors: Mapping[str, Executor]) -> web.A
         log.info("Received HTTP request subject=%s client=%s", subject, request.remote)
         try:
             body = await read_body(request, target.max_payload_bytes)
-        except BodyTooLarge as exc:
-            return text_response(413, f"Error: {exc}")
+        except BodyError as exc:
+            return body_error_response(exc)
         try:
             script, store = await asyncio.to_thread(load_target, target)
         except CommandFailed as exc:
@@ -97,7 +92,8 @@ def build_dev_app(target: DevTarget, executors: Mapping[str, Executor]) -> web.A
             return text_response(500, f"Error: {result.error}")
         return web.Response(body=result.payload or b"", headers={"Content-Type": "text/plain"})
 
-    app = web.Application(client_max_size=target.max_payload_bytes)
+    # The gateway's checks of request targets (clean paths, `OPTIONS *`), as in the daemon.
+    app = web.Application(client_max_size=target.max_payload_bytes, middlewares=[clean_request_target])
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 
@@ -110,7 +106,14 @@ async def serve_devhttp(target: DevTarget, settings: Settings, host: str, port: 
         loop.add_signal_handler(sig, stop.set)
     try:
         async with open_executors(settings, None) as executors:
-            runner = web.AppRunner(build_dev_app(target, executors), handle_signals=False, access_log=None)
+            # The daemon's connections: HTTP versions, Host, CONNECT, read timeouts, body decoding left to read_body.
+            runner = GatewayRunner(
+                build_dev_app(target, executors),
+                handle_signals=False,
+                access_log=None,
+                header_timeout_s=settings.http_header_timeout_s,
+                body_timeout_s=settings.http_body_timeout_s,
+            )
             await runner.setup()
             try:
                 try:

@@ -37,6 +37,44 @@ from msgscript.store.memory import MemoryStore
     show_default=True,
     help="Comma-separated etcd endpoints.",
 )
+@click.option(
+    "--etcd-ca",
+    default=config.NO_FILE,
+    envvar="ETCDCTL_CACERT",
+    show_envvar=True,
+    metavar="FILE",
+    help="CA certificates that sign etcd's (turns TLS on; https:// endpoints do too).",
+)
+@click.option(
+    "--etcd-cert",
+    default=config.NO_FILE,
+    envvar="ETCDCTL_CERT",
+    show_envvar=True,
+    metavar="FILE",
+    help="Client certificate for etcd.",
+)
+@click.option(
+    "--etcd-key",
+    default=config.NO_FILE,
+    envvar="ETCDCTL_KEY",
+    show_envvar=True,
+    metavar="FILE",
+    help="Key of the etcd client certificate.",
+)
+@click.option(
+    "--etcd-user",
+    default=config.NO_CREDENTIAL,
+    envvar="ETCDCTL_USER",
+    show_envvar=True,
+    help="etcd user name, or user:password as etcdctl takes it.",
+)
+@click.option(
+    "--etcd-password",
+    default=config.NO_CREDENTIAL,
+    envvar="ETCDCTL_PASSWORD",
+    show_envvar=True,
+    help="etcd password (prefer the environment variable: flags show in ps).",
+)
 @click.option("-u", "--natsurl", default="nats://localhost:4222", envvar="NATS_URL", show_default=True)
 @click.option("-b", "--backend", default="etcd", show_default=True, help="Script store: etcd or file.")
 @click.option("-x", "--executor", default=None, help="Executor for dev/devhttp (default: the script's header).")
@@ -47,6 +85,11 @@ def cli(
     ctx: click.Context,
     log_level: str,
     etcdurls: str,
+    etcd_ca: str,
+    etcd_cert: str,
+    etcd_key: str,
+    etcd_user: str,
+    etcd_password: str,
     natsurl: str,
     backend: str,
     executor: str | None,
@@ -63,6 +106,11 @@ def cli(
     configure_logging(logging.DEBUG if os.environ.get("DEBUG") else level)
     ctx.obj = {
         "etcdurls": etcdurls,
+        "etcd_ca": etcd_ca,
+        "etcd_cert": etcd_cert,
+        "etcd_key": etcd_key,
+        "etcd_user": etcd_user,
+        "etcd_password": etcd_password,
         "natsurl": natsurl,
         "backend": backend,
         "executor": executor,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from msgscript.durations import parse_duration
+from msgscript.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,3 +62,30 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
 
 DURATION = DurationType()
 SIZE = SizeType()
+
+
+ENV_SECRET_PREFIX = "env:"
+
+
+def read_secret(spec: str, environ: Mapping[str, str], flag: str) -> str:
+    """A secret given on the command line as `FILE` (its text, trailing newline dropped) or `env:VAR`.
+
+    Raises:
+        ConfigError: the file cannot be read, the variable is unset, or the secret is empty or holds
+            whitespace or control characters. The message never contains the secret.
+    """
+    if spec.startswith(ENV_SECRET_PREFIX):
+        name = spec.removeprefix(ENV_SECRET_PREFIX)
+        secret = environ.get(name, "")
+        where = f"environment variable {name}"
+    else:
+        try:
+            secret = Path(spec).read_text(encoding="utf-8", errors="surrogateescape").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"{flag}: cannot read {spec}: {exc.strerror or exc}") from exc
+        where = spec
+    if not secret:
+        raise ConfigError(f"{flag}: {where} is empty or not set")
+    if any(c.isspace() or not c.isprintable() for c in secret):
+        raise ConfigError(f"{flag}: the secret in {where} holds whitespace or control characters")
+    return secret

@@ -20,7 +20,7 @@ from click.shell_completion import get_completion_class
 
 from msgscript.config import Settings
 from msgscript.errors import MsgscriptError, ScriptParseError
-from msgscript.etcd import EtcdClient
+from msgscript.etcd import EtcdClient, open_etcd
 from msgscript.script import Script, parse_script
 from msgscript.store import open_store
 from msgscript.store.base import Store
@@ -267,6 +267,19 @@ def etcd_endpoints(urls: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in urls.split(",") if part.strip())
 
 
+def etcd_settings(options: Mapping[str, str | None]) -> Settings:
+    """Settings for the etcd backend from the global flags: endpoints, TLS files, user and password."""
+    return Settings(
+        backend="etcd",
+        etcd_endpoints=etcd_endpoints(options.get("etcdurls") or ""),
+        etcd_tls_ca_file=options.get("etcd_ca") or "",
+        etcd_tls_cert_file=options.get("etcd_cert") or "",
+        etcd_tls_key_file=options.get("etcd_key") or "",
+        etcd_user=options.get("etcd_user") or "",
+        etcd_password=options.get("etcd_password") or "",
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_catalog(options: Mapping[str, str | None]) -> AsyncIterator[Catalog]:
     """The catalog of the `-b` backend; for etcd, a store whose etcd answered.
@@ -280,14 +293,12 @@ async def open_catalog(options: Mapping[str, str | None]) -> AsyncIterator[Catal
         return
     if backend != "etcd":
         raise CommandFailed(f"Unknown backend: {backend}")
-    endpoints = etcd_endpoints(options.get("etcdurls") or "")
+    settings = etcd_settings(options)
     async with contextlib.AsyncExitStack() as stack:
         try:
-            client = await stack.enter_async_context(EtcdClient(endpoints))
+            client = await stack.enter_async_context(open_etcd(settings))
             # Opening reads the store once (bounded): an unreachable etcd fails here, within seconds.
-            store = await stack.enter_async_context(
-                open_store(Settings(backend="etcd", etcd_endpoints=endpoints), etcd=client)
-            )
+            store = await stack.enter_async_context(open_store(settings, etcd=client))
         except MsgscriptError as exc:
             raise CommandFailed(f"failed to get script store: {exc}") from exc
         yield EtcdCatalog(store, client)

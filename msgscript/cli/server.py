@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import click
 
-from msgscript import config
-from msgscript.cli.options import DURATION, SIZE, go_flag
+from msgscript import _libc, config
+from msgscript.cli.options import DURATION, SIZE, go_flag, read_secret
 from msgscript.config import Settings
 from msgscript.errors import ConfigError
 from msgscript.logs import configure_logging, parse_level
+from msgscript.supervisor import WorkerLink, supervise
 
 log = logging.getLogger("msgscript.server")
 
@@ -48,6 +50,90 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     envvar="NATS_URL",
     show_envvar=True,
     help="NATS URL; without one an embedded NATS server runs on 127.0.0.1:4222.",
+)
+@go_flag(
+    "natscreds",
+    "-nats-creds",
+    "--nats-creds",
+    default=config.NO_FILE,
+    envvar="NATS_CREDS",
+    show_envvar=True,
+    metavar="FILE",
+    help="NATS credentials file (user JWT and NKey seed, .creds).",
+)
+@go_flag(
+    "nats-nkey", default=config.NO_FILE, envvar="NATS_NKEY", show_envvar=True, metavar="FILE", help="NKey seed file."
+)
+@go_flag("nats-user", default=config.NO_CREDENTIAL, envvar="NATS_USER", show_envvar=True, help="NATS user name.")
+@go_flag(
+    "nats-password",
+    default=config.NO_CREDENTIAL,
+    envvar="NATS_PASSWORD",
+    show_envvar=True,
+    help="NATS password (prefer the environment variable: flags show in ps).",
+)
+@go_flag("nats-token", default=config.NO_CREDENTIAL, envvar="NATS_TOKEN", show_envvar=True, help="NATS token.")
+@go_flag(
+    "nats-tls-ca",
+    default=config.NO_FILE,
+    envvar="NATS_CA",
+    show_envvar=True,
+    metavar="FILE",
+    help="CA certificates that sign the NATS server's (turns TLS on; default: the system's).",
+)
+@go_flag(
+    "nats-tls-cert",
+    default=config.NO_FILE,
+    envvar="NATS_CERT",
+    show_envvar=True,
+    metavar="FILE",
+    help="Client certificate for mutual TLS with NATS.",
+)
+@go_flag(
+    "nats-tls-key",
+    default=config.NO_FILE,
+    envvar="NATS_KEY",
+    show_envvar=True,
+    metavar="FILE",
+    help="Key of the NATS client certificate.",
+)
+@go_flag(
+    "etcd-ca",
+    default=config.NO_FILE,
+    envvar="ETCDCTL_CACERT",
+    show_envvar=True,
+    metavar="FILE",
+    help="CA certificates that sign etcd's (turns TLS on; https:// endpoints do too).",
+)
+@go_flag(
+    "etcd-cert",
+    default=config.NO_FILE,
+    envvar="ETCDCTL_CERT",
+    show_envvar=True,
+    metavar="FILE",
+    help="Client certificate for etcd.",
+)
+@go_flag(
+    "etcd-key",
+    default=config.NO_FILE,
+    envvar="ETCDCTL_KEY",
+    show_envvar=True,
+    metavar="FILE",
+    help="Key of the etcd client certificate.",
+)
+@go_flag(
+    "etcd-user",
+    default=config.NO_CREDENTIAL,
+    envvar="ETCDCTL_USER",
+    show_envvar=True,
+    help="etcd user name, or user:password as etcdctl takes it.",
+)
+@go_flag(
+    "etcd-password",
+    default=config.NO_CREDENTIAL,
+    envvar="ETCDCTL_PASSWORD",
+    show_envvar=True,
+    help="etcd password (prefer the environment variable: flags show in ps).",
 )
 @go_flag(
     "embedded-nats-port",
@@ -93,7 +179,7 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     type=click.IntRange(min=1),
     default=config.DEFAULT_MAX_IN_FLIGHT,
     show_default=True,
-    help="Messages handled at once; more wait (back-pressure).",
+    help="NATS messages and HTTP requests handled at once; more messages wait (back-pressure), more requests get 503.",
 )
 @go_flag(
     "lua-threads",
@@ -124,11 +210,39 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     help="On shutdown, how long in-flight work may take to finish.",
 )
 @go_flag("http-host", default=config.DEFAULT_HTTP_HOST, show_default=True, help="HTTP gateway address.")
-@go_flag("no-browse", is_flag=True, default=False, help="Turn off the /_/ pages (they show script source).")
+@go_flag(
+    "browse",
+    type=click.Choice(config.BROWSE_MODES),
+    default=config.DEFAULT_BROWSE,
+    show_default=True,
+    help="Who gets the /_/ pages (they show script source) and the internal subjects over HTTP: "
+    "loopback clients, everyone, or no one.",
+)
+@go_flag("no-browse", is_flag=True, default=False, help="The same as -browse off.")
+@go_flag(
+    "http-token",
+    default="",
+    metavar="FILE|env:VAR",
+    help="Require Authorization: Bearer <token> on every HTTP route but /healthz; the token is read once "
+    "from FILE (trailing newline dropped) or from the environment variable VAR.",
+)
 def command(
     backend: str,
     etcdurl: str,
     natsurl: str,
+    natscreds: str,
+    nats_nkey: str,
+    nats_user: str,
+    nats_password: str,
+    nats_token: str,
+    nats_tls_ca: str,
+    nats_tls_cert: str,
+    nats_tls_key: str,
+    etcd_ca: str,
+    etcd_cert: str,
+    etcd_key: str,
+    etcd_user: str,
+    etcd_password: str,
     embedded_nats_port: int,
     log_level: str,
     port: int,
@@ -145,7 +259,9 @@ def command(
     podman_concurrency: int,
     grace_period: float,
     http_host: str,
+    browse: str,
     no_browse: bool,
+    http_token: str,
 ) -> None:
     """Run Lua, WASM and Podman functions when NATS messages or HTTP requests arrive."""
     try:
@@ -157,6 +273,13 @@ def command(
     if os.environ.get("DEBUG"):
         level = logging.DEBUG
     configure_logging(level)
+    token = ""
+    if http_token:
+        try:
+            token = read_secret(http_token, os.environ, "-http-token")
+        except ConfigError as exc:
+            log.critical("%s", exc)
+            sys.exit(1)
     env = dict(os.environ)
     # As in Go: a non-empty ETCD_ENDPOINTS wins over -etcdurl, and with the etcd backend the endpoints in
     # use are exported as ETCD_ENDPOINTS (to plugins, os.getenv and child processes).
@@ -167,6 +290,19 @@ def command(
         backend=backend,
         etcd_endpoints=tuple(e.strip() for e in etcdurl.split(",") if e.strip()),
         nats_url=natsurl,
+        nats_creds_file=natscreds,
+        nats_nkey_file=nats_nkey,
+        nats_user=nats_user,
+        nats_password=nats_password,
+        nats_token=nats_token,
+        nats_tls_ca_file=nats_tls_ca,
+        nats_tls_cert_file=nats_tls_cert,
+        nats_tls_key_file=nats_tls_key,
+        etcd_tls_ca_file=etcd_ca,
+        etcd_tls_cert_file=etcd_cert,
+        etcd_tls_key_file=etcd_key,
+        etcd_user=etcd_user,
+        etcd_password=etcd_password,
         embedded_nats_port=embedded_nats_port,
         log_level=log_level,
         http_port=port,
@@ -183,16 +319,25 @@ def command(
         wasm_threads=wasm_threads,
         podman_concurrency=podman_concurrency,
         grace_period_s=grace_period,
-        browse=not no_browse,
+        browse=config.BROWSE_OFF if no_browse else browse,
+        http_token=token,
         env=env,
     )
+    # Inherited by the worker processes the supervisor forks.
+    _libc.fix_mmap_threshold()
+    sys.exit(supervise(settings, run_worker))
+
+
+def run_worker(settings: Settings, listeners: Sequence[socket.socket], link: WorkerLink) -> int:
+    """The worker process's main: the daemon proper, until it drains; returns the exit status."""
     from msgscript.app import serve
 
     try:
-        run_async(serve(settings))
+        run_async(serve(settings, listeners=listeners, link=link))
     except ConfigError as exc:
         log.critical("%s", exc)
-        sys.exit(1)
+        return 1
+    return 0
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from msgscript.config import Settings
@@ -22,11 +22,16 @@ __all__ = ["Executor", "open_executors"]
 
 @contextlib.asynccontextmanager
 async def open_executors(
-    settings: Settings, nc: Any | None, *, etcd: EtcdClient | None = None
+    settings: Settings,
+    nc: Any | None,
+    *,
+    etcd: EtcdClient | None = None,
+    on_stuck: Callable[[str], None] | None = None,
 ) -> AsyncIterator[dict[str, Executor]]:
     """Open every executor for the daemon's (or a CLI run's) lifetime, with the shared clients they use.
 
-    `etcd` is the daemon's etcd client, which Lua scripts then share with the store.
+    `etcd` is the daemon's etcd client, which Lua scripts then share with the store. `on_stuck` hears of
+    executions stuck in a thread long past their deadline (see msgscript.executors.threads).
 
     Raises:
         ConfigError: a plugin failed to load.
@@ -46,11 +51,12 @@ async def open_executors(
                 max_memory_bytes=settings.max_memory_bytes,
                 threads=settings.lua_threads,
                 services=shared,
+                on_stuck=on_stuck,
             )
         )
         executors: dict[str, Executor] = {
             "lua": lua,
-            "wasm": await stack.enter_async_context(open_wasm_executor(settings)),
+            "wasm": await stack.enter_async_context(open_wasm_executor(settings, on_stuck)),
             "podman": await stack.enter_async_context(open_podman_executor(settings)),
         }
         yield executors

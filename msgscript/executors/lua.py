@@ -7,16 +7,25 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, ClassVar
 
 from msgscript.durations import format_duration
 from msgscript.errors import ScriptError, ScriptTimeout
 from msgscript.executors.base import RunContext
+from msgscript.executors.threads import WorkerThreads
+from msgscript.lua.execution import Execution
 from msgscript.lua.module import LuaModule
-from msgscript.lua.runtime import Execution, LuaSandbox, Outcome, Status, as_text, lua_number_text
+from msgscript.lua.runtime import (
+    HOOK_INSTRUCTIONS,
+    INLINE_HOOK_INSTRUCTIONS,
+    LuaSandbox,
+    Outcome,
+    Status,
+    as_text,
+    lua_number_text,
+)
 from msgscript.message import Message, Result
 from msgscript.script import Script
 
@@ -67,6 +76,10 @@ class LuaExecutor:
     commands, `print`), it is abandoned at that point, before any effect, and run again from the start
     on a worker thread; that script then always runs on workers. Each thread has its own runtime.
 
+    The event loop never waits for a worker past the execution's deadline (see WorkerThreads): an
+    execution stuck in one long C call is answered with the timeout error and left to end on its own.
+    `on_stuck` hears of executions still stuck long after that.
+
     Use it as an async context manager; the worker threads stop (after their current script) on exit.
     `run` returns the script's Result, or raises ScriptError (ScriptTimeout past the deadline).
     """
@@ -82,6 +95,7 @@ class LuaExecutor:
         max_memory_bytes: int,
         threads: int,
         services: Mapping[str, Any] | None = None,
+        on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         self._modules = dict(modules)
         self._nats = nats
@@ -93,12 +107,13 @@ class LuaExecutor:
         self._inline_modules = frozenset(
             name for name, module in self._modules.items() if getattr(module, "inline_safe", False)
         )
-        self._pool: ThreadPoolExecutor | None = None
+        self._on_stuck = on_stuck
+        self._pool: WorkerThreads | None = None
         self._local = threading.local()
         self._on_workers: set[object] = set()
 
     async def __aenter__(self) -> LuaExecutor:
-        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="msgscript-lua")
+        self._pool = WorkerThreads(self._threads, name="msgscript-lua", on_stuck=self._on_stuck)
         return self
 
     async def __aexit__(
@@ -106,8 +121,12 @@ class LuaExecutor:
     ) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            # Running scripts end by their deadline at the latest; wait without blocking the loop.
-            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+            await pool.close()
+
+    @property
+    def abandoned(self) -> int:
+        """Executions still running on threads the event loop stopped waiting for."""
+        return 0 if self._pool is None else self._pool.abandoned
 
     async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
         """Run the script for the message in a fresh environment."""
@@ -120,21 +139,41 @@ class LuaExecutor:
         # Keyed by the parts, not their concatenation: the parts' hashes are cached by the strings.
         key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
         if key not in self._on_workers and len(message.payload) <= INLINE_MAX_PAYLOAD_BYTES:
-            result = self._execute(script, message, ctx, loop, key, True)
+            result = self._execute(script, message, ctx, self._execution(ctx, loop), key, True)
             if result is not None:
                 return result
             if len(self._on_workers) >= _REMEMBERED_SCRIPTS:
                 self._on_workers.clear()
             self._on_workers.add(key)
-        result = await loop.run_in_executor(pool, self._execute, script, message, ctx, loop, key, False)
+        execution = self._execution(ctx, loop)
+        try:
+            result = await pool.run(
+                self._execute,
+                script,
+                message,
+                ctx,
+                execution,
+                key,
+                False,
+                deadline=ctx.deadline,
+                on_cancel=execution.cancel,
+                what=f"script {script.name} on {script.subject}",
+            )
+        except TimeoutError:
+            raise ScriptTimeout(timeout_error(ctx)) from None
         if result is None:  # only inline executions move
             raise RuntimeError("a worker execution asked to move")
         return result
 
-    def _sandbox(self) -> LuaSandbox:
+    def _execution(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> Execution:
+        return Execution(deadline=ctx.deadline, loop=loop, nats=self._nats, env=self._env, services=self._services)
+
+    def _sandbox(self, inline: bool) -> LuaSandbox:
+        # A thread runs one kind of execution only: the event loop's are inline, the workers' are not.
         sandbox: LuaSandbox | None = getattr(self._local, "sandbox", None)
         if sandbox is None:
-            sandbox = LuaSandbox(self._modules, self._max_memory_bytes, self._inline_modules)
+            hook = INLINE_HOOK_INSTRUCTIONS if inline else HOOK_INSTRUCTIONS
+            sandbox = LuaSandbox(self._modules, self._max_memory_bytes, self._inline_modules, hook_instructions=hook)
             self._local.sandbox = sandbox
         return sandbox
 
@@ -143,13 +182,12 @@ class LuaExecutor:
         script: Script,
         message: Message,
         ctx: RunContext,
-        loop: asyncio.AbstractEventLoop,
+        execution: Execution,
         key: object,
         inline: bool,
     ) -> Result | None:
         """Run one execution on this thread; None when an inline execution has to move to a worker."""
-        sandbox = self._sandbox()
-        execution = Execution(deadline=ctx.deadline, loop=loop, nats=self._nats, env=self._env, services=self._services)
+        sandbox = self._sandbox(inline)
         sources = (*ctx.libraries, script.content)
         inline_until = min(ctx.deadline, time.monotonic() + INLINE_BUDGET_S) if inline else 0.0
         try:

@@ -20,8 +20,7 @@ import struct
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +32,7 @@ from msgscript.durations import format_duration
 from msgscript.errors import ScriptError, ScriptTimeout
 from msgscript.executors.base import Executor, RunContext
 from msgscript.executors.stubs import UnavailableExecutor
+from msgscript.executors.threads import WorkerThreads
 from msgscript.message import Message, Result
 from msgscript.script import Script
 
@@ -69,17 +69,23 @@ _CAUSE_NUMBER = re.compile(r"^\d+: ")
 
 
 @contextlib.asynccontextmanager
-async def open_wasm_executor(settings: Settings) -> AsyncIterator[Executor]:
+async def open_wasm_executor(
+    settings: Settings, on_stuck: Callable[[str], None] | None = None
+) -> AsyncIterator[Executor]:
     """The wasm executor for the daemon's lifetime, or the stand-in when wasmtime cannot be imported.
 
-    Relative module paths resolve against the working directory the daemon has now.
+    Relative module paths resolve against the working directory the daemon has now. `on_stuck` hears of
+    runs stuck in a host call (a WASI sleep) long past their deadline.
     """
     if _MISSING_REASON is not None:
         log.warning("wasm scripts are disabled: wasmtime cannot be imported (%s)", _MISSING_REASON)
         yield UnavailableExecutor("wasm", "wasm")
         return
     async with WasmExecutor(
-        max_memory_bytes=settings.max_memory_bytes, base_dir=Path.cwd(), threads=settings.wasm_threads
+        max_memory_bytes=settings.max_memory_bytes,
+        base_dir=Path.cwd(),
+        threads=settings.wasm_threads,
+        on_stuck=on_stuck,
     ) as executor:
         yield executor
 
@@ -250,15 +256,24 @@ class WasmExecutor:
     Store and instance per message, on a bounded pool of threads so that the event loop never waits.
 
     A run stops at the script's deadline (epoch interruption) and its linear memory is capped at
-    `max_memory_bytes`. Use it as an async context manager.
+    `max_memory_bytes`. A host call (a WASI sleep) cannot be interrupted: the event loop stops waiting
+    for it at the deadline all the same (see WorkerThreads). Use it as an async context manager.
     """
 
     name: ClassVar[str] = "wasm"
 
-    def __init__(self, *, max_memory_bytes: int, base_dir: Path, threads: int = DEFAULT_WASM_THREADS) -> None:
+    def __init__(
+        self,
+        *,
+        max_memory_bytes: int,
+        base_dir: Path,
+        threads: int = DEFAULT_WASM_THREADS,
+        on_stuck: Callable[[str], None] | None = None,
+    ) -> None:
         self._max_memory_bytes = max_memory_bytes
         self._base_dir = base_dir
         self._threads = threads
+        self._on_stuck = on_stuck
         config = wasmtime.Config()
         config.epoch_interruption = True
         self._engine = wasmtime.Engine(config)
@@ -267,25 +282,21 @@ class WasmExecutor:
         self._cache_lock = threading.Lock()
         self._compile_lock = threading.Lock()
         self._ticker = _EpochTicker(self._engine)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: WorkerThreads | None = None
 
     async def __aenter__(self) -> WasmExecutor:
         self._ticker.start()
-        self._pool = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="msgscript-wasm")
+        self._pool = WorkerThreads(self._threads, name="msgscript-wasm", on_stuck=self._on_stuck)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         pool, self._pool = self._pool, None
+        # The ticker's close interrupts what still runs (the epoch jumps past every deadline).
+        await asyncio.to_thread(self._ticker.close)
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)  # no new runs
-        await asyncio.get_running_loop().run_in_executor(None, self._close, pool)
-
-    def _close(self, pool: ThreadPoolExecutor | None) -> None:
-        self._ticker.close()  # interrupts what still runs
-        if pool is not None:
-            pool.shutdown()
+            await pool.close()
 
     async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
         """Run the script's module for the message."""
@@ -295,7 +306,12 @@ class WasmExecutor:
         if time.monotonic() >= ctx.deadline:
             raise ScriptTimeout(_timeout_error(ctx))
         path = module_path(script.content)
-        return await asyncio.get_running_loop().run_in_executor(pool, self._run_in_thread, path, message, ctx)
+        try:
+            return await pool.run(
+                self._run_in_thread, path, message, ctx, deadline=ctx.deadline, what=f"wasm module {path}"
+            )
+        except TimeoutError:
+            raise ScriptTimeout(_timeout_error(ctx)) from None
 
     def _run_in_thread(self, path: str, message: Message, ctx: RunContext) -> Result:
         try:

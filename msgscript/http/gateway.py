@@ -8,12 +8,14 @@ import logging
 from aiohttp import web
 from multidict import CIMultiDict
 
-from msgscript.catalog import INTERNAL_SUBJECTS
+from msgscript.catalog import INTERNAL_SUBJECTS, Catalog, CatalogMiss, InvalidCatalogRequest
 from msgscript.config import DEFAULT_HTTP_TIMEOUT_S
 from msgscript.dispatch import no_scripts_error
 from msgscript.durations import parse_duration
 from msgscript.errors import StoreError
-from msgscript.http.keys import CATALOG, DISPATCHER, SETTINGS, TASKS
+from msgscript.http.access import may_browse
+from msgscript.http.body import BadBody, BodyError, body_error_response, read_body
+from msgscript.http.keys import CATALOG, DISPATCHER, IN_FLIGHT, SETTINGS, TASKS
 from msgscript.message import Message, Reply, Result
 from msgscript.subjects import is_valid_subject
 
@@ -21,20 +23,14 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_PARAM = "_timeout"
 DEADLINE_EXCEEDED = "context deadline exceeded"
+RETRY_AFTER_S = 1
+"""What a 503 for a full in-flight bound tells the client to wait before trying again."""
 HTML_CONTENT_TYPE = "text/html"
 PLAIN_UTF8 = "text/plain; charset=utf-8"
 
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # The server frames the body itself; a script must not be able to contradict it.
 _FRAMING_HEADERS = frozenset({"Content-Length", "Transfer-Encoding"})
-
-
-class BodyTooLarge(Exception):
-    """Raised when a request body is larger than the gateway accepts."""
-
-    def __init__(self, limit_bytes: int) -> None:
-        self.limit_bytes = limit_bytes
-        super().__init__(f"request body larger than {limit_bytes} bytes")
 
 
 def text_response(status: int, text: str) -> web.Response:
@@ -70,19 +66,6 @@ def request_timeout_s(request: web.BaseRequest) -> float:
         return parse_duration(raw)
     except ValueError:
         return DEFAULT_HTTP_TIMEOUT_S
-
-
-async def read_body(request: web.BaseRequest, limit_bytes: int) -> bytes:
-    """The whole request body; raises BodyTooLarge past `limit_bytes`."""
-    if request.content_length is not None and request.content_length > limit_bytes:
-        raise BodyTooLarge(limit_bytes)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise BodyTooLarge(limit_bytes) from None
-    if len(body) > limit_bytes:
-        raise BodyTooLarge(limit_bytes)
-    return body
 
 
 def canonical_header_name(name: str) -> str:
@@ -140,8 +123,17 @@ def reply_response(reply: Reply) -> web.Response:
     return web.Response(body=results_json(reply.results), headers={"Content-Type": PLAIN_UTF8})
 
 
+def busy_response(limit: int) -> web.Response:
+    """The answer when every in-flight slot is taken: 503, and when to try again."""
+    response = text_response(
+        503, f"Error: server busy: {limit} messages and requests already in flight (-max-in-flight), retry later"
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
 async def wait_done(task: asyncio.Task[Reply], timeout_s: float) -> bool:
-    """Wait up to `timeout_s` for `task` without ever cancelling it; True when it is done."""
+    """Wait up to `timeout_s` for `task` without cancelling it; True when it is done."""
     if task.done():
         return True
     loop = asyncio.get_running_loop()
@@ -161,6 +153,23 @@ async def wait_done(task: asyncio.Task[Reply], timeout_s: float) -> bool:
     return task.done()
 
 
+async def catalog_response(catalog: Catalog, subject: str, data: bytes) -> web.Response:
+    """The answer of an internal subject: its one result, or 400 for malformed data and 404 for a miss.
+
+    Over NATS the same failures are a Reply error, as in Go; their kind, not their text, picks the status here.
+    """
+    try:
+        reply = await catalog.lookup(subject, data)
+    except InvalidCatalogRequest as exc:
+        return text_response(400, f"Error: {exc}")
+    except CatalogMiss as exc:
+        return text_response(404, f"Error: {exc}")
+    except StoreError as exc:
+        log.error("store lookup failed subject=%s: %s", subject, exc)
+        return text_response(500, f"Error: failed to get scripts: {exc}")
+    return reply_response(reply)
+
+
 def not_found(subject: str) -> web.Response:
     """The answer for a subject without scripts."""
     return text_response(404, f"Error: no script found for subject {subject}")
@@ -177,15 +186,17 @@ async def handle_gateway(request: web.Request) -> web.Response:
         return text_response(400, f"Error: invalid subject {subject!r} in URL, expected /<subject>")
     try:
         body = await read_body(request, settings.max_payload_bytes)
-    except BodyTooLarge as exc:
-        return text_response(413, f"Error: {exc}")
+    except BodyError as exc:
+        if isinstance(exc, BadBody):
+            log.info("%s subject=%s client=%s", exc, subject, request.remote)
+        return body_error_response(exc)
     if subject.startswith("_INBOX."):
         return not_found(subject)
     if subject in INTERNAL_SUBJECTS:
-        # The Go gateway forwarded these to NATS; they describe scripts, so they follow the browse switch.
-        if not settings.browse:
+        # The Go gateway forwarded these to NATS; they describe scripts, so they follow the browse mode.
+        if not may_browse(request, settings.browse):
             return not_found(subject)
-        return reply_response(await app[CATALOG].answer(subject, body))
+        return await catalog_response(app[CATALOG], subject, body)
     dispatcher = app[DISPATCHER]
     try:
         if not await dispatcher.store.scripts_for(subject):
@@ -199,11 +210,22 @@ async def handle_gateway(request: web.Request) -> web.Response:
         method=request.method,
         url=script_url(request_target(request), subject),
     )
-    # The dispatch is its own task, owned by TASKS: when the client's wait runs out, the script keeps
-    # running to its own deadline (as with the Go gateway) and shutdown still waits for it.
+    # HTTP shares the in-flight bound with NATS, but where NATS waits for a slot, a request is refused.
+    in_flight = app[IN_FLIGHT]
+    if not in_flight.try_acquire():
+        log.debug("HTTP request refused, every in-flight slot is taken subject=%s", subject)
+        return busy_response(in_flight.limit)
+    # The dispatch is its own task, owned by TASKS (which shutdown waits for); it holds the slot until it ends.
     task = app[TASKS].start(dispatcher.dispatch(message), name=f"msgscript:http:{subject}")
-    if not await wait_done(task, request_timeout_s(request)):
-        log.info("HTTP request timed out subject=%s", subject)
+    task.add_done_callback(lambda _: in_flight.release())
+    try:
+        finished = await wait_done(task, request_timeout_s(request))
+    finally:
+        if not task.done():
+            # The wait ran out, or the client went away (aiohttp cancels the handler): nobody wants the result.
+            task.cancel()
+    if not finished:
+        log.info("HTTP request timed out subject=%s, its dispatch is cancelled", subject)
         return text_response(503, DEADLINE_EXCEEDED)
     try:
         reply = task.result()

@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Sequence
 from urllib.parse import quote
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from msgscript.catalog import Catalog
-from msgscript.config import Settings
+from msgscript.config import BROWSE_MODES, BROWSE_OFF, Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
 from msgscript.http import pages
+from msgscript.http.access import HEALTHZ_PATH, bearer_token_middleware, browse_page, handle_healthz
 from msgscript.http.gateway import handle_gateway
-from msgscript.http.keys import CATALOG, DISPATCHER, README_HTML, SETTINGS, TASKS
+from msgscript.http.keys import CATALOG, DISPATCHER, IN_FLIGHT, README_HTML, SETTINGS, TASKS
+from msgscript.http.protocol import GatewayRunner
 from msgscript.http.readme import render_readme
 from msgscript.http.tasks import DispatchTasks
+from msgscript.inflight import InFlightLimit
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +51,16 @@ def clean_path(path: str) -> str:
 
 
 @web.middleware
-async def redirect_unclean_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer a path holding `//`, `/./` or `/../` with a 301 to its clean form (query kept)."""
+async def clean_request_target(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer the targets that are not clean paths: a path holding `//`, `/./` or `/../` with a 301 to its clean
+    form (query kept), and `OPTIONS *` with an empty 200."""
     path = request.path
     cleaned = clean_path(path)
     if cleaned == path:
         return await handler(request)
+    if request.raw_path == "*":
+        # The asterisk form (the parser admits it for OPTIONS only) asks about the server, not a resource.
+        return web.Response(status=200)
     location = quote(cleaned, safe=_PATH_SAFE)
     query = request.raw_path.partition("?")[2]
     if query:
@@ -66,41 +74,78 @@ async def handle_favicon(request: web.Request) -> web.Response:
 
 
 def build_app(
-    dispatcher: Dispatcher, catalog: Catalog, settings: Settings, *, readme_html: str = ""
+    dispatcher: Dispatcher,
+    catalog: Catalog,
+    settings: Settings,
+    *,
+    in_flight: InFlightLimit | None = None,
+    readme_html: str = "",
 ) -> web.Application:
-    """The aiohttp application: the browse pages (unless turned off) and the function gateway."""
-    app = web.Application(client_max_size=settings.max_payload_bytes, middlewares=[redirect_unclean_paths])
+    """The aiohttp application: `/healthz`, the browse pages (as `settings.browse` allows) and the function gateway.
+
+    `in_flight` is the bound the gateway shares with NATS; without one the application gets its own.
+
+    Raises:
+        ConfigError: `settings.browse` is not one of `local`, `public`, `off`.
+    """
+    browse = settings.browse
+    if browse not in BROWSE_MODES:
+        raise ConfigError(f"invalid browse mode {browse!r}: expected one of {', '.join(BROWSE_MODES)}")
+    middlewares: list[Middleware] = [clean_request_target]
+    if settings.http_token:
+        middlewares.insert(0, bearer_token_middleware(settings.http_token))
+    app = web.Application(client_max_size=settings.max_payload_bytes, middlewares=middlewares)
     app[DISPATCHER] = dispatcher
     app[CATALOG] = catalog
     app[SETTINGS] = settings
     app[TASKS] = DispatchTasks()
+    app[IN_FLIGHT] = in_flight or InFlightLimit(settings.max_in_flight)
     app[README_HTML] = readme_html
-    browse = settings.browse
     router = app.router
-    router.add_route("*", "/", pages.handle_readme if browse else pages.handle_browse_off)
+    router.add_route("*", HEALTHZ_PATH, handle_healthz)
     router.add_route("*", "/favicon.ico", handle_favicon)
-    router.add_route("*", "/_/", pages.handle_readme if browse else pages.handle_browse_off)
-    router.add_route("*", "/_/list", pages.handle_list if browse else pages.handle_browse_off)
-    router.add_route("*", "/_/subject/{subject:[^/]+}", pages.handle_subject if browse else pages.handle_browse_off)
-    router.add_route(
-        "*", "/_/info/{subject:[^/]+}/{name:[^/]+}", pages.handle_info if browse else pages.handle_browse_off
-    )
+    # The README has no script data, but it follows the browse mode with the pages it links to.
+    router.add_route("*", "/", browse_page(pages.handle_readme, browse))
+    router.add_route("*", "/_/", browse_page(pages.handle_readme, browse))
+    router.add_route("*", "/_/list", browse_page(pages.handle_list, browse))
+    router.add_route("*", "/_/subject/{subject:[^/]+}", browse_page(pages.handle_subject, browse))
+    router.add_route("*", "/_/info/{subject:[^/]+}/{name:[^/]+}", browse_page(pages.handle_info, browse))
     router.add_route("*", "/{tail:.*}", handle_gateway)
     return app
 
 
 @contextlib.asynccontextmanager
-async def http_site(dispatcher: Dispatcher, catalog: Catalog, settings: Settings) -> AsyncIterator[web.AppRunner]:
-    """Serve HTTP on `settings.http_host:http_port`; on exit stop accepting and let in-flight requests finish."""
-    readme_html = await asyncio.to_thread(render_readme) if settings.browse else ""
-    app = build_app(dispatcher, catalog, settings, readme_html=readme_html)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=settings.grace_period_s)
+async def http_site(
+    dispatcher: Dispatcher,
+    catalog: Catalog,
+    settings: Settings,
+    *,
+    in_flight: InFlightLimit,
+    listeners: Sequence[socket.socket] = (),
+) -> AsyncIterator[web.AppRunner]:
+    """Serve HTTP on `listeners` (sockets bound already, shared with the supervisor and the other workers), or
+    else on `settings.http_host:http_port`; on exit stop accepting and let in-flight requests finish."""
+    readme_html = await asyncio.to_thread(render_readme) if settings.browse != BROWSE_OFF else ""
+    app = build_app(dispatcher, catalog, settings, in_flight=in_flight, readme_html=readme_html)
+    runner = GatewayRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.grace_period_s,
+        # A client that goes away cancels its handler, and with it the dispatch nobody waits for.
+        handler_cancellation=True,
+        header_timeout_s=settings.http_header_timeout_s,
+        body_timeout_s=settings.http_body_timeout_s,
+    )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.http_host, settings.http_port)
+        sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in listeners]
+        if not sites:
+            sites.append(web.TCPSite(runner, settings.http_host, settings.http_port))
         log.info("Starting HTTP server on port %d", settings.http_port)
         try:
-            await site.start()
+            for site in sites:
+                await site.start()
         except OSError as exc:
             raise ConfigError(
                 f"failed to start the HTTP server on {settings.http_host}:{settings.http_port}: {exc}"
@@ -109,5 +154,5 @@ async def http_site(dispatcher: Dispatcher, catalog: Catalog, settings: Settings
     finally:
         log.info("stopping the HTTP server")
         await runner.cleanup()
-        # Requests whose wait ran out left their scripts running; they end before the executors close.
+        # Dispatches cancelled by requests that stopped waiting end before the executors close.
         await app[TASKS].drain(settings.grace_period_s)

@@ -1,4 +1,4 @@
-"""Ownership of dispatches started by HTTP requests, which may outlive the request that started them."""
+"""Ownership of the dispatches HTTP requests start, so that none is left running unseen."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class DispatchTasks:
-    """Every dispatch the gateway starts; a request that times out leaves its script running here until done."""
+    """Every dispatch the gateway starts, until it ends.
+
+    A request that stops waiting (its `_timeout` ran out, its client went away) cancels its dispatch;
+    the task stays here until the cancellation has gone through the executor, and shutdown waits for it.
+    """
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Reply]] = set()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, MutableSet
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -39,20 +40,39 @@ class ModuleContext:
     set_global: Callable[[str, object], None]
     """Defines a global in the requiring script's environment (as requiring `etcd` defines `EtcdKV`);
     called from `load`, it takes effect when `require` returns. The value is converted like `load`'s."""
+    charge: Callable[[int], None]
+    """Counts bytes of Python memory a module function uses for the script (what it reads, decodes or
+    builds) against the execution's memory cap, which Lua cannot enforce while Python runs; raises
+    MemoryError, which the script sees as `not enough memory`, when the cap is reached. The count starts
+    afresh with each call from Lua. Arguments received from Lua and the values returned to it are counted
+    already; a module charges its working data as it grows (a response body chunk by chunk, an encoder's
+    output piece by piece). Inside an inline execution (modules marked `inline_safe`) the budget is small:
+    going past it moves the execution to a worker thread instead of failing, which also bounds the CPU
+    such a module may spend on the event loop."""
+    waits: MutableSet[concurrent.futures.Future[Any]]
+    """The calls to the event loop in progress (see `call`), cancelled when the execution is."""
 
     def remaining_s(self) -> float:
         """Seconds left before the execution's deadline (never negative)."""
         return max(0.0, self.deadline - time.monotonic())
 
     def call(self, coro: Coroutine[Any, Any, T], timeout_s: float | None = None) -> T:
-        """Run a coroutine on the daemon's event loop and wait for it, bounded by the deadline."""
+        """Run a coroutine on the daemon's event loop and wait for it, bounded by the deadline.
+
+        Raises:
+            TimeoutError: the deadline (or `timeout_s`) passed first; the coroutine is cancelled.
+            concurrent.futures.CancelledError: the execution was cancelled meanwhile.
+        """
         limit = self.remaining_s() if timeout_s is None else min(timeout_s, self.remaining_s())
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self.waits.add(future)
         try:
             return future.result(limit)
         except TimeoutError:
             future.cancel()
             raise
+        finally:
+            self.waits.discard(future)
 
 
 class LuaModule(Protocol):

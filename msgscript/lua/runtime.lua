@@ -1,8 +1,8 @@
 -- The Lua half of the msgscript sandbox (Lua 5.1), run once per runtime with the Python callbacks.
 -- It only uses locals captured at start, so nothing a script does to its environment reaches it.
 -- Returns the driver (one execution), the reset (after an escaped error) and the guard factory.
-local monotonic, py_arm, py_disarm, py_load, py_workdir, py_write, py_shell = ...
-local module_names, inline_modules, hook_count, TIMEOUT, ESCALATE = select(8, ...)
+local py_check, py_arm, py_disarm, py_load, py_workdir, py_write, py_shell = ...
+local module_names, inline_modules, hook_count, TIMEOUT, ESCALATE, max_memory, max_open_files = select(8, ...)
 
 local type, next, select, tostring, tonumber = type, next, select, tostring, tonumber
 local error, pcall, xpcall = error, pcall, xpcall
@@ -11,42 +11,56 @@ local getfenv, setfenv, unpack, loadstring, load, loadfile = getfenv, setfenv, u
 local collectgarbage = collectgarbage
 local string, os, io, coroutine, debug, package = string, os, io, coroutine, debug, package
 local byte, gsub, gmatch, find, sub = string.byte, string.gsub, string.gmatch, string.find, string.sub
-local concat = table.concat
+local concat, floor, ceil = table.concat, math.floor, math.ceil
 local sethook, traceback, getinfo = debug.sethook, debug.traceback, debug.getinfo
-local dgetfenv, dsetfenv = debug.getfenv, debug.setfenv
-local dgetmetatable, dsetmetatable = debug.getmetatable, debug.setmetatable
-local dgetupvalue, dsetupvalue = debug.getupvalue, debug.setupvalue
+local dgetfenv, dgetmetatable = debug.getfenv, debug.getmetatable
 local co_create, co_resume = coroutine.create, coroutine.resume
 local io_open, io_lines, io_input, io_output = io.open, io.lines, io.input, io.output
-local io_close, io_type = io.close, io.type
-local os_remove, os_rename, os_setlocale = os.remove, os.rename, os.setlocale
+local io_close, io_type, io_tmpfile = io.close, io.type, io.tmpfile
+local os_remove, os_rename, os_setlocale, os_tmpname = os.remove, os.rename, os.setlocale, os.tmpname
 local STDIN, STDOUT = io.stdin, io.stdout
 local REAL = getfenv(0)
 local STRMT = getmetatable("")
+local MEMERR = "not enough memory"
+local BINARY = "attempt to load a binary chunk (mode is 't')"
+
+-- Metatables every execution of this runtime shares, and that hold C metamethods (__gc runs with the hook
+-- off): scripts may use them, not see or change them. Files are userdata of io's metatable, Python objects
+-- of lupa's; the string metatable is restored after each execution instead (see cleanup).
+dgetmetatable(STDOUT).__metatable = false
+dgetmetatable(py_check).__metatable = false
 
 -- State of the execution in progress (one at a time per runtime).
-local active, expired, deadline = false, false, 0
+local active, expired = false, false
 -- An inline execution runs on the daemon's event loop: it must stay short and may not block or touch
 -- anything outside Lua. At the first attempt to, it is abandoned (escalated) and run again on a worker.
-local inline, escalated, budget = false, false, 0
+local inline, escalated = false, false
 local cur_env, cur_chunk = nil, nil
 local DETACHED = {}
 local threads, nthreads = {}, 0
 local io_touched = false
+-- Files the execution opened and temporary names it asked for: closed and removed when it ends.
+local files, nfiles, temps, ntemps = {}, 0, {}, 0
+-- Set while the hook runs. Lua calls an error handler with the hook off when the error comes from the
+-- hook, so a script's handler must never run then: it could loop forever.
+local in_hook = false
 
+-- The deadline (and cancellation) live on the Python side: py_check answers 1 when the execution must
+-- end, 2 when an inline execution must move to a worker.
 local function hook()
   if not active then return end
+  in_hook = true
   if expired then error(TIMEOUT, 0) end
   if escalated then error(ESCALATE, 0) end
-  local now = monotonic()
-  if now > deadline then
+  local state = py_check()
+  if state == 1 then
     expired = true
     error(TIMEOUT, 0)
-  end
-  if inline and now > budget then
+  elseif state == 2 and inline then
     escalated = true
     error(ESCALATE, 0)
   end
+  in_hook = false
 end
 
 local function escalate()
@@ -57,10 +71,16 @@ local function escalate()
 end
 sethook(hook, "", hook_count)
 
--- Once the deadline passed, nothing may swallow the timeout error.
+-- Once the deadline passed, nothing may swallow the timeout error. An inline execution runs under a small
+-- memory cap: running out of it means "move to a worker", never an error the script could see.
 local function after_pcall(ok, ...)
+  in_hook = false
   if expired then error(TIMEOUT, 0) end
   if escalated then error(ESCALATE, 0) end
+  if inline and not ok and (...) == MEMERR then
+    escalated = true
+    error(ESCALATE, 0)
+  end
   return ok, ...
 end
 
@@ -145,6 +165,39 @@ SAFE_CO.wrap = function(f)
   return function(...) return after_wrap(co_resume(co, ...)) end
 end
 
+-- Every handle a script opens is remembered (at most max_open_files at a time) and closed when the
+-- execution ends, so a script that forgets to close, or opens in a loop, cannot exhaust the process.
+local TOO_MANY = "Too many open files"
+
+local function room_for_file()
+  if nfiles < max_open_files then return true end
+  local kept = 0
+  for i = 1, nfiles do
+    local f = files[i]
+    files[i] = nil
+    if io_type(f) == "file" then
+      kept = kept + 1
+      files[kept] = f
+    end
+  end
+  nfiles = kept
+  return nfiles < max_open_files
+end
+
+local function keep_file(f, ...)
+  if f ~= nil then
+    nfiles = nfiles + 1
+    files[nfiles] = f
+  end
+  return f, ...
+end
+
+local function open_file(path, mode)
+  escalate()
+  if not room_for_file() then return nil, tostring(path) .. ": " .. TOO_MANY, 24 end
+  return keep_file(io_open(resolve(path), mode))
+end
+
 local SAFE_OS = copy(os)
 SAFE_OS.exit = function() error("os.exit is not allowed", 2) end
 SAFE_OS.remove = function(path)
@@ -155,10 +208,13 @@ SAFE_OS.rename = function(from, to)
   escalate()
   return os_rename(resolve(from), resolve(to))
 end
-local os_tmpname = os.tmpname
+-- os.tmpname creates the file; it is removed when the execution ends.
 SAFE_OS.tmpname = function()
   escalate()
-  return os_tmpname()
+  local name = os_tmpname()
+  ntemps = ntemps + 1
+  temps[ntemps] = name
+  return name
 end
 -- Commands run in the scratch directory and are killed at the deadline (Python's subprocess).
 SAFE_OS.execute = function(cmd)
@@ -176,21 +232,38 @@ SAFE_OS.setlocale = function(locale, category)
 end
 
 local SAFE_IO = copy(io)
-SAFE_IO.open = function(path, mode) return io_open(resolve(path), mode) end
+SAFE_IO.open = open_file
+SAFE_IO.tmpfile = function()
+  escalate()
+  if not room_for_file() then return nil, TOO_MANY, 24 end
+  return keep_file(io_tmpfile())
+end
+-- Lua 5.1's io.lines closes its file at the end of the loop; so does this one, and the execution's end
+-- closes it if the loop stops early.
 SAFE_IO.lines = function(path)
+  escalate()
   if path == nil then return io_lines() end
-  return io_lines(resolve(path))
+  local f, err = open_file(path, "r")
+  if f == nil then error("bad argument #1 to 'lines' (" .. err .. ")", 2) end
+  local next_line = f:lines()
+  return function()
+    local line = next_line()
+    if line == nil then f:close() end
+    return line
+  end
 end
-SAFE_IO.input = function(file)
-  if file == nil then return io_input() end
+local function default_file(set, name, file, mode)
+  if file == nil then return set() end
   io_touched = true
-  return io_input(resolve(file))
+  if type(file) == "string" then
+    local f, err = open_file(file, mode)
+    if f == nil then error("bad argument #1 to '" .. name .. "' (" .. err .. ")", 3) end
+    file = f
+  end
+  return set(file)
 end
-SAFE_IO.output = function(file)
-  if file == nil then return io_output() end
-  io_touched = true
-  return io_output(resolve(file))
-end
+SAFE_IO.input = function(file) return default_file(io_input, "input", file, "r") end
+SAFE_IO.output = function(file) return default_file(io_output, "output", file, "w") end
 
 -- io.popen handles: this Lua build has no popen, so "r" runs the command to completion and reads
 -- its output from memory, and "w" collects what is written and feeds it to the command on close.
@@ -310,56 +383,71 @@ local function check_fenv_target(f)
   if internal(f) then error("cannot change the environment of a built-in function", 3) end
 end
 
-local SAFE_DEBUG = copy(debug)
-SAFE_DEBUG.sethook = function() error("debug.sethook is not allowed", 2) end
-SAFE_DEBUG.getregistry = nil
-SAFE_DEBUG.getfenv = function(o) return visible_env(dgetfenv(o)) end
-SAFE_DEBUG.setfenv = function(o, t)
-  check_fenv_target(o)
-  return dsetfenv(o, t)
-end
-SAFE_DEBUG.getmetatable = function(o)
-  local mt = dgetmetatable(o)
-  if type(mt) == "table" and rawget(mt, "__metatable") ~= nil then return getmetatable(o) end
-  return mt
-end
-SAFE_DEBUG.setmetatable = function(o, mt)
-  if type(o) ~= "table" then error("debug.setmetatable is only allowed on tables", 2) end
-  if getmetatable(o) ~= dgetmetatable(o) then error("cannot change a protected metatable", 2) end
-  return dsetmetatable(o, mt)
-end
-SAFE_DEBUG.getupvalue = function(f, i)
-  if internal(f) then return nil end
-  return dgetupvalue(f, i)
-end
-SAFE_DEBUG.setupvalue = function(f, i, v)
-  if internal(f) then return nil end
-  return dsetupvalue(f, i, v)
+-- Scripts get what they need of debug: tracebacks, and getinfo without the function values of frames that
+-- are not their own (the sandbox's driver, wrappers and raw built-ins such as xpcall). Everything else in
+-- it reaches into other code's state and is refused.
+local function script_function(f)
+  return type(f) == "function" and not internal(f)
 end
 
--- A single C call cannot be interrupted by the hook, so an inline execution moves to a worker before
--- pattern matching on long subjects or with many quantifiers (backtracking), or building huge strings.
-local INLINE_SUBJECT_BYTES, INLINE_QUANTIFIERS, INLINE_REP_BYTES = 4096, 4, 1024 * 1024
-local heavy_patterns, nheavy = {}, 0
+local SAFE_DEBUG = {}
+for name in next, debug do
+  SAFE_DEBUG[name] = function() error("debug." .. name .. " is not allowed", 2) end
+end
+SAFE_DEBUG.traceback = traceback
+SAFE_DEBUG.getinfo = function(what, ...)
+  local info
+  if type(what) == "number" then
+    -- One level more: this wrapper is a frame of its own.
+    info = getinfo(what >= 0 and what + 1 or what, ...)
+  else
+    info = getinfo(what, ...)
+    -- Asked about a function value: the caller has it already.
+    if type(what) == "function" then return info end
+  end
+  if type(info) == "table" and info.func ~= nil and not script_function(info.func) then info.func = nil end
+  return info
+end
 
-local function quantifiers(p)
-  local verdict = heavy_patterns[p]
-  if verdict == nil then
-    local n = 0
+-- A single C call cannot be interrupted by the hook. On a worker that only delays the end of a runaway
+-- execution (the event loop stops waiting for it at its deadline), but an inline execution runs on the event
+-- loop itself: it moves to a worker before a pattern call whose backtracking could take long, before
+-- building a big string, and before sorting a big table. Its small memory cap bounds the rest (copies).
+local INLINE_MATCH_STEPS, INLINE_REP_BYTES, INLINE_SORT_ITEMS = 1000000, 1024 * 1024, 10000
+local backtracking_items, ncached = {}, 0
+
+-- How many pattern items may backtrack: quantifiers, balanced matches and back references.
+local function count_backtracking(p)
+  local q = backtracking_items[p]
+  if q == nil then
+    q = 0
     for i = 1, #p do
       local c = byte(p, i)
-      if c == 42 or c == 43 or c == 45 or c == 63 then n = n + 1 end
+      if c == 42 or c == 43 or c == 45 or c == 63 then
+        q = q + 1
+      elseif c == 37 then
+        local d = byte(p, i + 1)
+        if d == 98 or (d ~= nil and d >= 49 and d <= 57) then q = q + 1 end
+      end
     end
-    verdict = n > INLINE_QUANTIFIERS
-    if nheavy >= 256 then heavy_patterns, nheavy = {}, 0 end
-    heavy_patterns[p], nheavy = verdict, nheavy + 1
+    if ncached >= 256 then backtracking_items, ncached = {}, 0 end
+    backtracking_items[p], ncached = q, ncached + 1
   end
-  return verdict
+  return q
 end
 
+-- A generous bound on the matcher's steps: every start position, times the ways q backtracking items can
+-- split the subject, times the pattern's length.
 local function check_pattern(s, p, plain)
-  if type(s) == "string" and #s > INLINE_SUBJECT_BYTES then escalate() end
-  if not plain and type(p) == "string" and quantifiers(p) then escalate() end
+  if type(s) ~= "string" or type(p) ~= "string" then return end
+  local n, steps = #s, #s * (#p + 1)
+  if not plain then
+    for k = 1, count_backtracking(p) do
+      if steps > INLINE_MATCH_STEPS then break end
+      steps = steps * n / k
+    end
+  end
+  if steps > INLINE_MATCH_STEPS then escalate() end
 end
 
 local SAFE_STRING = copy(string)
@@ -381,17 +469,45 @@ do
     if inline then check_pattern(s, p) end
     return gsub(s, p, repl, n)
   end
+  -- Lua 5.1 converts the count to a C int: 2^31 gives "" and 2^32 + 1 one copy; and it copies the pieces one
+  -- by one, so a huge count of empty strings is a long loop. A result above the memory cap fails at once.
   SAFE_STRING.rep = function(s, n)
-    if inline and type(n) == "number" and (type(s) == "string" or type(s) == "number")
-        and #tostring(s) * n > INLINE_REP_BYTES then
-      escalate()
+    local ts = type(s)
+    if type(n) == "number" and n >= 1 and (ts == "string" or ts == "number") then
+      local size = #tostring(s)
+      if size == 0 then return "" end
+      if n >= 2147483648 or size * n > max_memory then error(MEMERR, 0) end
+      if inline and size * n > INLINE_REP_BYTES then escalate() end
     end
     return rep(s, n)
   end
 end
 
+local SAFE_TABLE = copy(table)
+do
+  local insert, sort = table.insert, table.sort
+  -- Lua 5.1 moves every element between the position and the end, one by one, with the position converted
+  -- to a C int: a position far below 1, or one that overflows, means billions of moves in one C call. Like
+  -- gopher-lua, a position outside 1..#t+1 is a plain assignment.
+  SAFE_TABLE.insert = function(t, ...)
+    if select("#", ...) == 2 and type(t) == "table" then
+      local pos, value = ...
+      pos = tonumber(pos)
+      if pos ~= nil and not (pos >= 1 and pos < 2147483648) then
+        rawset(t, pos < 0 and ceil(pos) or floor(pos), value)
+        return
+      end
+    end
+    return insert(t, ...)
+  end
+  SAFE_TABLE.sort = function(t, ...)
+    if inline and type(t) == "table" and #t > INLINE_SORT_ITEMS then escalate() end
+    return sort(t, ...)
+  end
+end
+
 local SAFE = {
-  string = SAFE_STRING, table = table, math = math, os = SAFE_OS, io = SAFE_IO,
+  string = SAFE_STRING, table = SAFE_TABLE, math = math, os = SAFE_OS, io = SAFE_IO,
   coroutine = SAFE_CO, debug = SAFE_DEBUG,
 }
 
@@ -413,14 +529,20 @@ end
 -- Globals every execution sees. Scripts reach them through BASE, an always-empty proxy.
 local BASE_REAL = {}
 for _, name in next, {
-  "assert", "error", "gcinfo", "getmetatable", "ipairs", "newproxy", "next", "pairs", "rawequal",
+  "assert", "error", "gcinfo", "getmetatable", "ipairs", "next", "pairs", "rawequal",
   "rawget", "rawset", "select", "setmetatable", "tonumber", "tostring", "type", "unpack", "_VERSION",
 } do
   BASE_REAL[name] = REAL[name]
 end
 
 BASE_REAL.pcall = function(f, ...) return after_pcall(pcall(f, ...)) end
-BASE_REAL.xpcall = function(f, h) return after_pcall(xpcall(f, h)) end
+-- The script's handler never sees the deadline's error: Lua would run it with the hook off.
+BASE_REAL.xpcall = function(f, h)
+  return after_pcall(xpcall(f, function(e)
+    if in_hook or expired or escalated then return e end
+    return h(e)
+  end))
+end
 
 BASE_REAL.collectgarbage = function(opt, arg)
   if opt == "stop" or opt == "setpause" or opt == "setstepmul" then return 0 end
@@ -457,15 +579,65 @@ BASE_REAL.setfenv = function(f, t)
   return setfenv(f, t)
 end
 
--- Chunks loaded at run time get the execution's environment, not the runtime's globals.
+-- Chunks loaded at run time get the execution's environment, not the runtime's globals. Only source is
+-- loaded: Lua 5.1 does not verify bytecode, and a crafted binary chunk reads and writes process memory.
 local function bind(f, ...)
   if f ~= nil then setfenv(f, cur_env) end
   return f, ...
 end
-BASE_REAL.loadstring = function(s, name) return bind(loadstring(s, name)) end
-BASE_REAL.load = function(f, name) return bind(load(f, name)) end
-local function loadfile_(path) return bind(loadfile(resolve(path))) end
-BASE_REAL.loadfile = loadfile_
+
+local function is_binary(s)
+  return byte(s, 1) == 27
+end
+
+BASE_REAL.loadstring = function(s, name)
+  if type(s) == "string" and is_binary(s) then return nil, BINARY end
+  return bind(loadstring(s, name))
+end
+
+BASE_REAL.load = function(f, name)
+  if type(f) ~= "function" then return bind(load(f, name)) end
+  -- The reader ends the chunk at a binary first piece (an error raised here would reach the script's
+  -- handler with a traceback), and load then answers the refusal.
+  local first, refused = true, false
+  local fn, err = load(function()
+    if refused then return nil end
+    local piece = f()
+    if first and piece ~= nil and piece ~= "" then
+      first = false
+      refused = type(piece) == "string" and is_binary(piece)
+      if refused then return nil end
+    end
+    return piece
+  end, name)
+  if refused then return nil, BINARY end
+  return bind(fn, err)
+end
+
+-- loadfile's own reading, without its binary path: a first line starting with '#' is skipped (commented
+-- out here, so line numbers stay), then the rest must be source.
+local function load_source_file(real, chunkname)
+  local fh, err = io_open(real, "rb")
+  if fh == nil then return nil, "cannot open " .. err end
+  local source = fh:read("*a")
+  fh:close()
+  if source == nil then return nil, "cannot read " .. chunkname end
+  if byte(source, 1) == 35 then source = "--" .. source end
+  if is_binary(source) or find(source, "^%-%-[^\n]*\n\27") then return nil, BINARY end
+  return loadstring(source, "@" .. chunkname)
+end
+
+local function loadfile_(path)
+  escalate()
+  -- Without a path Lua reads the daemon's standard input.
+  if path == nil then return nil, "loadfile without a file name is not allowed" end
+  if type(path) ~= "string" then
+    error("bad argument #1 to 'loadfile' (string expected, got " .. type(path) .. ")", 3)
+  end
+  local real = resolve(path)
+  return bind(load_source_file(real, real))
+end
+BASE_REAL.loadfile = function(path) return loadfile_(path) end
 BASE_REAL.dofile = function(path)
   local f, err = loadfile_(path)
   if f == nil then error(err, 2) end
@@ -474,6 +646,7 @@ end
 
 local function search_path(name, path)
   if type(path) ~= "string" then error("'package.path' must be a string", 3) end
+  escalate()
   local file = gsub(gsub(name, "%.", "/"), "%%", "%%%%")
   local tried = {}
   for template in gmatch(path, "[^;]+") do
@@ -487,7 +660,7 @@ local function search_path(name, path)
     local fh = real and io_open(real, "r")
     if fh then
       fh:close()
-      local f, err = loadfile(real)
+      local f, err = load_source_file(real, real)
       if f == nil then
         error("error loading module '" .. name .. "' from file '" .. filename .. "':\n\t" .. err, 3)
       end
@@ -583,7 +756,8 @@ local function clear(t)
 end
 
 local function cleanup()
-  active, inline = false, false
+  py_disarm()
+  active, inline, in_hook = false, false, false
   cur_env = nil
   -- The cached chunk must not keep the finished execution's globals alive.
   if cur_chunk ~= nil then
@@ -608,11 +782,28 @@ local function cleanup()
     io_input(STDIN)
     io_output(STDOUT)
   end
+  if nfiles > 0 then
+    for i = 1, nfiles do
+      local f = files[i]
+      files[i] = nil
+      if io_type(f) == "file" then pcall(f.close, f) end
+    end
+    nfiles = 0
+  end
+  if ntemps > 0 then
+    for i = 1, ntemps do
+      os_remove(temps[i])
+      temps[i] = nil
+    end
+    ntemps = 0
+  end
 end
 
 local function handler(msg)
   if expired then return TIMEOUT end
   if escalated then return ESCALATE end
+  -- The hook's own error: nothing more may run with the hook off.
+  if in_hook then return msg end
   if type(msg) ~= "string" then msg = tostring(msg) end
   -- A position inside the sandbox's own wrappers says nothing to the script's author.
   msg = gsub(msg, "^msgscript:%d+: ", "")
@@ -659,33 +850,42 @@ end
 
 local function index(t, k) return t[k] end
 
-local function finish_call(ok, ...)
+-- The status of an execution that failed: a timeout, a move to a worker (an inline execution out of its
+-- small memory cap included), or the error.
+local function failure(code, was_inline, err)
+  if expired then return 4 end
+  if escalated or (was_inline and type(err) == "string" and sub(err, 1, #MEMERR) == MEMERR) then return 5 end
+  return code, err
+end
+
+local function finish_call(was_inline, ok, ...)
   cur_fn, cur_a, cur_b = nil, nil, nil
   cleanup()
   if ok then return 0, ... end
-  if expired then return 4 end
-  if escalated then return 5 end
-  return 3, (...)
+  return failure(3, was_inline, (...))
 end
 
-local function run(chunk, html, fname, a, b, dl, inline_until)
-  deadline, expired, escalated = dl, false, false
-  inline, budget = inline_until > 0, inline_until
+local function run(chunk, html, fname, a, b, run_inline)
+  -- Only Python calls the driver; a script reaching it again would run without its deadline.
+  if active then error("msgscript: the Lua driver is already running", 0) end
+  expired, escalated, in_hook, inline = false, false, false, run_inline
   local env = setmetatable({}, {__index = BASE})
   cur_env, cur_chunk = env, chunk
   setfenv(chunk, env)
   active = true
+  -- The memory cap goes on only now: lupa cannot survive a failed allocation while it pushes arguments.
+  py_arm()
   local ok, err = xpcall(chunk, handler)
   if not ok then
     cleanup()
-    if expired then return 4 end
-    if escalated then return 5 end
-    return 1, err
+    return failure(1, run_inline, err)
   end
   local fn = rawget(env, fname)
   if fn == nil and fname ~= "" then
     ok, fn = pcall(index, env, fname)
-    if not ok then fn = nil end
+    -- A built-in is no entry point: the HTTP method comes from the client (an envelope names any),
+    -- and must not call dofile or require with arguments of the client's choosing.
+    if not ok or fn == rawget(BASE_REAL, fname) then fn = nil end
   end
   if expired or escalated or fn == nil then
     cleanup()
@@ -694,7 +894,7 @@ local function run(chunk, html, fname, a, b, dl, inline_until)
     return 2
   end
   cur_fn, cur_a, cur_b = fn, a, b
-  return finish_call(xpcall(html and invoke_html or invoke_message, handler))
+  return finish_call(run_inline, xpcall(html and invoke_html or invoke_message, handler))
 end
 
 local function reset()

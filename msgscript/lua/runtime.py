@@ -8,20 +8,15 @@ the deadline and lupa's allocator enforces the memory cap. The Lua half lives in
 
 The cap is on only while Lua runs: lupa deadlocks or aborts when an allocation fails while Python pushes
 a value into Lua, so every Python function reachable from a script is wrapped by a Lua guard that lifts
-the cap for the duration of the Python call.
+the cap for the duration of the Python call. Python memory used on the script's behalf during such a call
+is counted against what the cap leaves instead (`Execution.charge`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
@@ -31,20 +26,36 @@ from typing import Any, NamedTuple
 
 import lupa.lua51 as lupa51
 
-from msgscript.lua.module import LuaModule, ModuleContext
+from msgscript import _libc
+from msgscript.lua.execution import NOT_ENOUGH_MEMORY, Execution
+from msgscript.lua.module import LuaModule
 
 log = logging.getLogger(__name__)
 
 CHUNK_NAME = "=<string>"
 """Makes Lua errors read `<string>:LINE: message`, as gopher-lua's do."""
-HOOK_INSTRUCTIONS = 10_000
-"""The deadline is checked every this many VM instructions (about 20 µs of pure Lua)."""
+HOOK_INSTRUCTIONS = 100_000
+"""On a worker thread, the deadline is checked every this many VM instructions (about 0.2 ms of pure Lua).
+Each check takes the interpreter lock, which the event loop needs too: fewer checks, less contention."""
+INLINE_HOOK_INSTRUCTIONS = 10_000
+"""On the event loop, where the CPU budget is 0.2 ms, every this many (about 20 µs)."""
 COMPILE_CACHE_SIZE = 512
 COLLECT_ABOVE_BYTES = 16 * 1024 * 1024
 """A full collection runs after an execution that left the runtime holding more than this."""
+INLINE_MAX_MEMORY_BYTES = 4 * 1024 * 1024
+"""The memory cap of an inline execution: past it, the execution moves to a worker (its real cap applies there).
+It also bounds what C functions may copy on the event loop."""
+INLINE_PYTHON_BYTES = 32 * 1024
+"""What a module call of an inline execution may handle in Python (arguments, charges, results) before the
+execution moves to a worker: module work runs on the event loop there, and its CPU grows with its data (a
+parser written in Python takes about a microsecond a byte)."""
+MAX_OPEN_FILES = 64
+"""Files one execution may have open at once (io.open, io.lines, io.tmpfile, ...)."""
 TIMEOUT_MESSAGE = "script timed out"
 ESCALATE_MESSAGE = "msgscript: this execution needs a worker thread"
 _ARM_HEADROOM_BYTES = 64 * 1024
+_SLOT_BYTES = 16
+_MAX_SIZE_DEPTH = 16
 _INT64 = 2**63
 _BOOTSTRAP = files("msgscript.lua").joinpath("runtime.lua").read_bytes()
 
@@ -78,90 +89,6 @@ class Outcome(NamedTuple):
 _STATUSES = tuple(Status)
 
 
-class Execution:
-    """Per-execution resources: the deadline, the lazily created scratch directory and module context."""
-
-    __slots__ = ("_cleanups", "_context", "_cwd", "_globals", "_workdir", "deadline", "env", "loop", "nats", "services")
-
-    def __init__(
-        self,
-        *,
-        deadline: float,
-        loop: Any,
-        nats: Any | None,
-        env: Mapping[str, str],
-        services: Mapping[str, Any],
-    ) -> None:
-        self.deadline = deadline
-        self.loop = loop
-        self.nats = nats
-        self.env = env
-        self.services = services
-        self._workdir: str | None = None
-        self._cwd: str | None = None
-        self._context: ModuleContext | None = None
-        self._cleanups: list[Callable[[], object]] = []
-        self._globals: dict[str, object] = {}
-
-    def workdir(self) -> str:
-        """The execution's current directory: its scratch directory (created on first use) unless chdir moved it."""
-        if self._cwd is None:
-            self._workdir = self._cwd = tempfile.mkdtemp(prefix="msgscript-lua-")
-        return self._cwd
-
-    def has_workdir(self) -> bool:
-        """Whether the execution has a current directory yet (without creating one)."""
-        return self._cwd is not None
-
-    def chdir(self, path: str) -> None:
-        """Move the execution's current directory (a relative path starts from the current one).
-
-        Raises:
-            OSError: path is not a directory.
-        """
-        target = os.path.normpath(os.path.join(self.workdir(), path))
-        if not os.path.isdir(target):
-            raise NotADirectoryError(
-                f"{path}: not a directory" if os.path.exists(target) else f"{path}: no such directory"
-            )
-        self._cwd = target
-
-    def module_context(self, to_lua: Callable[[object], object]) -> ModuleContext:
-        """The context handed to LuaModule.load, created on first use."""
-        if self._context is None:
-            self._context = ModuleContext(
-                loop=self.loop,
-                nats=self.nats,
-                env=self.env,
-                deadline=self.deadline,
-                workdir=self.workdir,
-                chdir=self.chdir,
-                services=self.services,
-                to_lua=to_lua,
-                on_close=self._cleanups.append,
-                set_global=self._globals.__setitem__,
-            )
-        return self._context
-
-    def take_globals(self) -> dict[str, object]:
-        """The globals a module's load asked for (ModuleContext.set_global), handed over once."""
-        taken = dict(self._globals)
-        self._globals.clear()
-        return taken
-
-    def close(self) -> None:
-        """Run the modules' cleanups (last registered first), then remove the scratch directory."""
-        while self._cleanups:
-            cleanup = self._cleanups.pop()
-            try:
-                cleanup()
-            except Exception:
-                log.warning("a Lua module's cleanup failed", exc_info=True)
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = self._cwd = None
-
-
 def _deny_get(obj: object, name: object) -> object:
     raise AttributeError("access to Python attributes is not allowed")
 
@@ -181,6 +108,8 @@ def error_text(exc: BaseException) -> str:
     """A one-line description of a Python exception, for a Lua error or a `nil, err` return."""
     if isinstance(exc, TimeoutError) and not str(exc):
         return "timeout"
+    if isinstance(exc, MemoryError):
+        return NOT_ENOUGH_MEMORY
     if isinstance(exc, LuaError) and exc.args:
         return as_text(exc.args[0])
     return str(exc) or type(exc).__name__
@@ -240,7 +169,12 @@ class LuaSandbox:
     """One Lua 5.1 runtime with its compile cache; not thread-safe (one per worker thread)."""
 
     def __init__(
-        self, modules: Mapping[str, LuaModule], max_memory_bytes: int, inline_modules: Collection[str] = ()
+        self,
+        modules: Mapping[str, LuaModule],
+        max_memory_bytes: int,
+        inline_modules: Collection[str] = (),
+        *,
+        hook_instructions: int = HOOK_INSTRUCTIONS,
     ) -> None:
         self._modules = dict(modules)
         self._max_memory = max_memory_bytes
@@ -248,6 +182,7 @@ class LuaSandbox:
         self._current: Execution | None = None
         self._limit = 0
         self._inline_until = 0.0
+        self._escalate = False
         self.lua = lupa51.LuaRuntime(
             encoding=None,
             register_eval=False,
@@ -260,7 +195,7 @@ class LuaSandbox:
         inline_names = self.lua.table_from({name.encode(): True for name in inline_modules})
         boot = self.lua.compile(_BOOTSTRAP, name="=msgscript")
         self._driver, self._reset, self._guard = boot(
-            time.monotonic,
+            self._check,
             self._arm,
             self._disarm,
             self._load_module,
@@ -269,9 +204,11 @@ class LuaSandbox:
             self._shell,
             names,
             inline_names,
-            HOOK_INSTRUCTIONS,
+            hook_instructions,
             TIMEOUT_MESSAGE.encode(),
             ESCALATE_MESSAGE.encode(),
+            max_memory_bytes,
+            MAX_OPEN_FILES,
         )
         # lupa releases registry references lazily when another thread holds the runtime, and its free
         # list then needs registry slot 0: create that slot now rather than under the memory cap.
@@ -300,15 +237,15 @@ class LuaSandbox:
         if isinstance(chunk, str):
             return Outcome(Status.CHUNK_ERROR, error=chunk)
         lua = self.lua
-        used = lua.get_memory_used(total=True)
-        # The arguments are pushed with the cap already on; the headroom covers them and a possible
-        # resize of Lua's string table (bounded by what the runtime already holds).
-        self._limit = 2 * used + self._max_memory + len(args[0]) + len(args[1]) + _ARM_HEADROOM_BYTES
+        inline = inline_until > 0
+        # The driver puts the cap on once lupa has pushed the arguments, and takes it off before it returns.
+        room = min(self._max_memory, INLINE_MAX_MEMORY_BYTES) if inline else self._max_memory
+        self._limit = lua.get_memory_used(total=True) + room + _ARM_HEADROOM_BYTES
         self._current = execution
         self._inline_until = inline_until
-        lua.set_max_memory(self._limit, total=True)
+        self._escalate = False
         try:
-            raw = self._driver(chunk, html, entry, args[0], args[1], execution.deadline, inline_until)
+            raw = self._driver(chunk, html, entry, args[0], args[1], inline)
         except LuaError as exc:
             # Only a memory error or a late timeout in the driver's own bookkeeping gets here.
             lua.set_max_memory(0)
@@ -316,7 +253,7 @@ class LuaSandbox:
             text = error_text(exc)
             if text == TIMEOUT_MESSAGE:
                 raw = (int(Status.TIMEOUT),)
-            elif text == ESCALATE_MESSAGE:
+            elif text == ESCALATE_MESSAGE or inline:
                 raw = (int(Status.ESCALATE),)
             else:
                 raw = (int(Status.CALL_ERROR), text)
@@ -324,8 +261,10 @@ class LuaSandbox:
             lua.set_max_memory(0)
             self._current = None
         outcome = _outcome(raw)
-        if outcome.error.startswith("not enough memory") or lua.get_memory_used() > COLLECT_ABOVE_BYTES:
+        if outcome.error.startswith(NOT_ENOUGH_MEMORY) or lua.get_memory_used() > COLLECT_ABOVE_BYTES:
             lua.gccollect()
+            # Give what the collection freed back to the system, so a memory bomb does not stay in the RSS.
+            _libc.trim_heap()
         return outcome
 
     def _chunk(self, key: Hashable, sources: Sequence[str]) -> Any:
@@ -346,14 +285,21 @@ class LuaSandbox:
 
     # Called from Lua without the guard: they must not push anything that allocates.
 
-    def _arm(self) -> int:
-        """Put the cap back on after a Python call; 1 when the deadline passed, 2 past the inline budget."""
-        self.lua.set_max_memory(self._limit, total=True)
-        now = time.monotonic()
+    def _check(self) -> int:
+        """The hook's question: 1 when the execution must end (deadline or cancellation), 2 when an inline
+        execution must move to a worker (past its time budget, or a module call asked), else 0."""
         current = self._current
-        if current is not None and now > current.deadline:
+        if current is None:
+            return 0
+        now = time.monotonic()
+        if now > current.deadline or current.cancelled:
             return 1
-        return 2 if 0 < self._inline_until < now else 0
+        return 2 if self._escalate or 0 < self._inline_until < now else 0
+
+    def _arm(self) -> int:
+        """Put the cap on (after a Python call, or as the driver starts); answers as _check does."""
+        self.lua.set_max_memory(self._limit, total=True)
+        return self._check()
 
     def _disarm(self) -> None:
         self.lua.set_max_memory(0)
@@ -399,14 +345,7 @@ class LuaSandbox:
         try:
             if self._current is None:
                 raise RuntimeError("no execution is running")
-            current = self._current
-            code, output = run_shell(
-                command,
-                cwd=current.workdir(),
-                stdin=stdin,
-                capture=capture,
-                timeout_s=current.deadline - time.monotonic(),
-            )
+            code, output = self._current.run_shell(command, stdin, capture)
             return (True, code, output)
         except Exception as exc:
             return (False, error_text(exc).encode())
@@ -457,11 +396,29 @@ class LuaSandbox:
 
     def _trampoline(self, fn: Callable[..., object]) -> Callable[..., tuple[object, ...]]:
         def call(*args: object) -> tuple[object, ...]:
+            current = self._current
+            if current is None:
+                return (False, b"no execution is running")
+            # What the memory cap leaves, for the Python work of this call (see Execution.charge).
+            budget = max(0, self._limit - self.lua.get_memory_used(total=True))
+            inline = self._inline_until > 0
+            if inline:
+                budget = min(budget, INLINE_PYTHON_BYTES)
+            saved = current.begin_charges(budget)
             try:
+                current.charge(sum(len(arg) for arg in args if isinstance(arg, bytes)))
                 result = fn(*args)
+                current.charge(payload_bytes(result))
+            except MemoryError:
+                # Inline, the execution moves to a worker (the arm after this call says so) and runs there
+                # with its real cap.
+                self._escalate = self._escalate or inline
+                return (False, NOT_ENOUGH_MEMORY.encode())
             except Exception as exc:
                 log.debug("Lua module function %r failed", fn, exc_info=True)
                 return (False, error_text(exc).encode("utf-8", "surrogateescape"))
+            finally:
+                current.end_charges(saved)
             if isinstance(result, tuple):
                 return (True, *(self.to_lua(v) for v in result))
             return (True, self.to_lua(result))
@@ -469,29 +426,18 @@ class LuaSandbox:
         return call
 
 
-def run_shell(command: bytes, *, cwd: str, stdin: bytes | None, capture: bool, timeout_s: float) -> tuple[int, bytes]:
-    """Run a shell command in cwd; returns its exit code and (if captured) its output.
-
-    Its stdout is the daemon's unless captured; it never reads the daemon's stdin. Past timeout_s the
-    whole process group is killed and TimeoutError raised.
-    """
-    if timeout_s <= 0:
-        raise TimeoutError("timeout")
-    with subprocess.Popen(
-        [b"/bin/sh", b"-c", command],
-        cwd=cwd,
-        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-        stdout=subprocess.PIPE if capture else None,
-        start_new_session=True,
-    ) as proc:
-        try:
-            output, _ = proc.communicate(stdin, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise TimeoutError("timeout") from None
-    return proc.returncode, output or b""
+def payload_bytes(value: object, depth: int = 0) -> int:
+    """About how many bytes a Python value takes once converted for Lua (its strings, and a slot per item)."""
+    if isinstance(value, bytes | str | bytearray):
+        return len(value)
+    if depth < _MAX_SIZE_DEPTH:
+        if isinstance(value, list | tuple):
+            return sum(payload_bytes(v, depth + 1) for v in value) + _SLOT_BYTES * len(value)
+        if isinstance(value, Mapping):
+            return sum(payload_bytes(k, depth + 1) + payload_bytes(v, depth + 1) for k, v in value.items()) + (
+                2 * _SLOT_BYTES * len(value)
+            )
+    return 0
 
 
 def _outcome(raw: object) -> Outcome:

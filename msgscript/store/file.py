@@ -35,12 +35,15 @@ def _read(path: Path) -> str:
 def load_file_store(script_dir: str, library_dir: str = "") -> MemoryStore:
     """Load `*.lua` scripts (not recursive, sorted by file name) and libraries (keyed by their name header).
 
+    A script that requires a library the directory does not hold fails with `failed to read librairies: …`
+    when it runs, as with etcd (the Go file store skipped the library).
+
     Raises:
         ConfigError: a directory or a file cannot be read.
     """
     if not script_dir:
         raise ConfigError("script directory cannot be empty")
-    store = MemoryStore()
+    store = MemoryStore(missing_libraries_are_errors=True)
     directory = Path(script_dir).absolute()
     for path in _lua_files(directory):
         try:

@@ -5,6 +5,9 @@ A client object is a Lua table of methods (`client:query(sql)` passes the table 
 the client's own timeout (`client:set_timeout(ms)`) and by the script's deadline, whichever comes
 first: connecting gets it as its timeout, and a query that outlasts it is interrupted on the server by
 a watchdog thread. A connection the script leaves open is closed when the execution ends.
+
+Rows are fetched one by one and charged to the script's memory cap as they arrive: a result set past the
+cap fails the query with `not enough memory` and closes the connection (its result is half read).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from msgscript.lua.runtime import error_text
 __all__ = [
     "LuaArgumentError",
     "Row",
+    "row_bytes",
     "ServerClient",
     "ServerModule",
     "SqlClient",
@@ -36,6 +40,19 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Row = dict[str, object]
+
+ROW_BYTES = 96
+VALUE_BYTES = 64
+"""Charged per row fetched (its dict) and per value in it (the Python object and its dict entry), besides the
+value's text: rows are charged to the script's memory cap one by one as they arrive."""
+
+
+def row_bytes(row: Row) -> int:
+    """About how many bytes of Python objects one fetched row takes."""
+    size = ROW_BYTES
+    for value in row.values():
+        size += VALUE_BYTES + (len(value) if isinstance(value, bytes | str) else 0)
+    return size
 
 
 def check_client(value: object, function: str) -> None:
@@ -92,7 +109,11 @@ class SqlClient(ABC):
 
     @abstractmethod
     def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run one query on the connection and return its rows (empty for statements without a result set)."""
+        """Run one query on the connection and return its rows (empty for statements without a result set).
+
+        Rows are fetched one at a time, each charged (`row_bytes`) to the script's memory cap before the next
+        (ctx.charge raises MemoryError): a driver must not buffer a whole result set first.
+        """
 
     @abstractmethod
     def interrupt(self, conn: Any) -> None:
@@ -160,6 +181,10 @@ class SqlClient(ABC):
             if fired.is_set() and self.interrupted(exc):
                 return (None, f"query timed out after {milliseconds(limit)}")
             return (None, self.describe(exc))
+        except MemoryError:
+            # The rows passed the memory cap with the result half read: the connection cannot be reused.
+            self.close()
+            raise
         finally:
             watchdog.cancel()
             watchdog.join()

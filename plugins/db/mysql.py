@@ -25,13 +25,14 @@ import re
 from typing import Any
 
 import pymysql
+import pymysql.cursors
 from pymysql.charset import charset_by_name
 from pymysql.constants import FIELD_TYPE
 
 from msgscript.lua.module import ModuleContext
 from msgscript.lua.runtime import error_text
 
-from ._client import Row, ServerClient, ServerModule, option_port, option_text
+from ._client import Row, ServerClient, ServerModule, option_port, option_text, row_bytes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3306
@@ -127,13 +128,27 @@ class MySQLClient(ServerClient):
         return (True,)
 
     def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run one statement; rows come back as column → value tables."""
-        with conn.cursor() as cursor:
+        """Run one statement; rows come back as column → value tables, read from the server one at a time (an
+        unbuffered cursor) and each charged as it arrives."""
+        cursor: Any = conn.cursor(pymysql.cursors.SSCursor)
+        try:
             cursor.execute(sql)
             if cursor.description is None:
                 return []
             names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = []
+            while (values := cursor.fetchone()) is not None:
+                row = dict(zip(names, values, strict=True))
+                self.ctx.charge(row_bytes(row))
+                rows.append(row)
+            return rows
+        except MemoryError:
+            # Closing the cursor would first read the rest of the result set; the connection is closed instead.
+            cursor = None
+            raise
+        finally:
+            if cursor is not None:
+                cursor.close()
 
     def interrupt(self, conn: Any) -> None:
         """Ask the server, over a second connection, to stop the query this client is waiting for."""

@@ -22,22 +22,28 @@ the other modules. Failures are `nil, message` (`false, message` from connect).
 from __future__ import annotations
 
 import math
+import select
+import time
 from typing import Any
 
 import psycopg
-from psycopg.adapt import AdaptersMap
+from psycopg import pq
+from psycopg.adapt import AdaptersMap, Transformer
 from psycopg.types import bool as pg_bool
 from psycopg.types import numeric, string
 
 from msgscript.lua.runtime import error_text
 
-from ._client import Row, ServerClient, ServerModule, option_port, option_text
+from ._client import Row, ServerClient, ServerModule, option_port, option_text, row_bytes
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5432
 CANCEL_TIMEOUT_S = 2.0
 MIN_CONNECT_TIMEOUT_S = 2
 """libpq's floor for connect_timeout."""
+SOCKET_GRACE_S = 2.0
+"""How long past the script's deadline a query waits for a server that stopped answering (the watchdog's cancel
+normally ends the query at the deadline)."""
 
 
 def _adapters() -> AdaptersMap:
@@ -64,6 +70,46 @@ def escape(value: bytes) -> bytes:
 def describe(exc: BaseException) -> str:
     """A driver error's first line (the server's message, without the position marker lines)."""
     return error_text(exc).split("\n", 1)[0]
+
+
+_COPY_STATUSES = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
+
+
+class _CopyError(psycopg.ProgrammingError):
+    """A query started a COPY, which a script cannot feed or read."""
+
+
+class _Waiter:
+    """Waits on a non-blocking libpq connection without holding the thread past a deadline (the query's own
+    limit is enforced by the client's watchdog; this one only catches a server that stopped answering)."""
+
+    def __init__(self, pgconn: Any, limit_s: float) -> None:
+        self._pgconn = pgconn
+        self._deadline = time.monotonic() + limit_s
+        self._poller = select.poll()
+
+    def _wait(self, events: int) -> None:
+        left = self._deadline - time.monotonic()
+        self._poller.register(self._pgconn.socket, events)
+        try:
+            ready = left > 0 and self._poller.poll(left * 1000)
+        finally:
+            self._poller.unregister(self._pgconn.socket)
+        if not ready:
+            raise psycopg.OperationalError("the server stopped answering")
+
+    def sent(self) -> None:
+        """Wait until the query is sent."""
+        while self._pgconn.flush():
+            self._wait(select.POLLOUT)
+
+    def result(self) -> Any:
+        """The next result, or None once the query is done."""
+        while True:
+            self._pgconn.consume_input()
+            if not self._pgconn.is_busy():
+                return self._pgconn.get_result()
+            self._wait(select.POLLIN)
 
 
 class PostgresClient(ServerClient):
@@ -96,13 +142,54 @@ class PostgresClient(ServerClient):
         return (True,)
 
     def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run the statement(s); rows come back as column → value tables."""
-        with conn.cursor() as cursor:
-            cursor.execute(sql)
-            if cursor.description is None:
-                return []
-            names = [column.name for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        """Run the statement(s); the first one's rows come back as column → value tables.
+
+        libpq would hold a whole result set in memory before the first row could be looked at, so the query
+        runs in single-row mode (on the simple protocol, which allows several statements) and each row is
+        charged as it arrives; the rows of later statements are read and dropped.
+        """
+        pgconn = conn.pgconn
+        transformer = Transformer(conn)
+        pgconn.send_query(sql)
+        pgconn.set_single_row_mode()
+        wait = _Waiter(pgconn, self.ctx.remaining_s() + SOCKET_GRACE_S)
+        try:
+            wait.sent()
+            rows, error = self._stream(conn, transformer, wait)
+        except (psycopg.OperationalError, _CopyError):
+            # Left in the middle of a query (a silent server, a COPY): the connection cannot be reused.
+            self.close()
+            raise
+        # The server's own error (the query's, or the watchdog's cancel): the connection is ready again.
+        if error is not None:
+            raise error
+        return rows
+
+    def _stream(self, conn: Any, transformer: Any, wait: _Waiter) -> tuple[list[Row], psycopg.Error | None]:
+        rows: list[Row] = []
+        names: list[str] | None = None
+        first_done = False
+        error: psycopg.Error | None = None
+        while (result := wait.result()) is not None:
+            status = result.status
+            if status == pq.ExecStatus.SINGLE_TUPLE:
+                if first_done:
+                    continue
+                if names is None:
+                    names = [result.fname(i).decode(conn.info.encoding, "replace") for i in range(result.nfields)]
+                    transformer.set_pgresult(result, set_loaders=True)
+                else:
+                    transformer.set_pgresult(result, set_loaders=False)
+                row = dict(zip(names, transformer.load_row(0, tuple), strict=True))
+                self.ctx.charge(row_bytes(row))
+                rows.append(row)
+            elif status == pq.ExecStatus.FATAL_ERROR:
+                error = error or psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+            elif status in _COPY_STATUSES:
+                raise _CopyError("COPY cannot be used in a query")
+            else:
+                first_done = True
+        return rows, error
 
     def interrupt(self, conn: Any) -> None:
         """Send the server a cancel request for the running query."""

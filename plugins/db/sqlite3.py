@@ -35,6 +35,7 @@ from ._client import (
     check_client,
     option_text,
     options_table,
+    row_bytes,
     to_string,
 )
 
@@ -71,13 +72,18 @@ class SqliteClient(SqlClient):
         return (True,)
 
     def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run one statement; rows come back as column → value tables."""
+        """Run one statement; rows come back as column → value tables, each charged as SQLite makes it."""
         cursor = conn.execute(sql.decode("utf-8", "replace"))
         try:
             if cursor.description is None:
                 return []
             names = [column[0] for column in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            rows = []
+            for values in cursor:
+                row = dict(zip(names, values, strict=True))
+                self.ctx.charge(row_bytes(row))
+                rows.append(row)
+            return rows
         finally:
             cursor.close()
 

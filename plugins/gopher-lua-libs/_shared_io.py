@@ -11,15 +11,20 @@ import errno
 import math
 import os
 import re
+import select
+import stat
 import unicodedata
 from collections.abc import Callable
 
 from msgscript.lua.args import LuaArgumentError, check_self, check_string, check_table, is_number, lua_type_name
 from msgscript.lua.args import check_number as _check_number
 from msgscript.lua.module import ModuleContext
+from msgscript.lua.modules.support import raw_text
 from msgscript.lua.runtime import go_float_text, lua_number_text
 
 __all__ = [
+    "READ_CHUNK_BYTES",
+    "TOO_MANY",
     "GoFormatter",
     "GoString",
     "LuaArgumentError",
@@ -31,7 +36,9 @@ __all__ = [
     "errno_text",
     "go_quote",
     "lua_type_name",
+    "open_for_reading",
     "path_error",
+    "read_all",
     "resolve",
     "text",
 ]
@@ -88,6 +95,51 @@ def path_error(op: str, path: bytes | str, exc: OSError) -> str:
     return f"{op} {name}: {errno_text(exc)}"
 
 
+TOO_MANY = "too many open files"
+"""Go's text for EMFILE: what opening returns past the files one execution may hold open."""
+READ_CHUNK_BYTES = 1024 * 1024
+"""Whole-file reads go this much at a time, each piece charged to the script's memory cap."""
+
+
+def open_for_reading(path: str) -> int:
+    """Open a file for `read_all` without waiting: a named pipe without a writer must not block the thread.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    return os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
+def read_all(ctx: ModuleContext, fd: int) -> bytes:
+    """Everything left in an open file, charged to the script's memory cap as it is read: a huge file (or
+    /dev/zero) stops at the cap with MemoryError. A pipe, socket or terminal is waited on only until the
+    script's deadline.
+
+    Raises:
+        OSError: reading failed (IsADirectoryError for a directory).
+        TimeoutError: the deadline passed while waiting for data.
+        MemoryError: the content would take the script past its memory cap.
+    """
+    mode = os.fstat(fd).st_mode
+    waits = not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISBLK(mode))
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks: list[bytes] = []
+    while True:
+        if waits and not poller.poll(ctx.remaining_s() * 1000):
+            raise TimeoutError("i/o timeout")
+        try:
+            data = os.read(fd, READ_CHUNK_BYTES)
+        except BlockingIOError:
+            continue
+        if not data:
+            break
+        ctx.charge(len(data))
+        chunks.append(data)
+    # The joined copy is what the caller returns to the script, which the call's accounting counts.
+    return b"".join(chunks)
+
+
 # Go's fmt applied to Lua values, as gopher-lua-libs' log does: gopher-lua values are Stringers, so %v, %s,
 # %q, %x and %X print a value's text, numbers (float64 underneath) take the float verbs, booleans %t.
 
@@ -109,11 +161,19 @@ _DIRECTIVE = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d*))?(.?)", re.DOTALL)
 _ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
 
 
-class GoFormatter:
-    """fmt.Sprint, Sprintln and Sprintf over Lua values; `tostring` is Lua's, for tables and functions."""
+def _no_charge(nbytes: int) -> None:
+    pass
 
-    def __init__(self, tostring: Callable[[object], object]) -> None:
-        self._tostring = tostring
+
+class GoFormatter:
+    """fmt.Sprint, Sprintln and Sprintf over Lua values, charging what they write to `charge` as they go.
+
+    Tables, functions and userdata print as gopher-lua's String() prints them (`table: 0x...`): no
+    `__tostring` metamethod of the script's runs (it would run with the memory cap lifted).
+    """
+
+    def __init__(self, charge: Callable[[int], None] = _no_charge) -> None:
+        self._charge = charge
 
     def text(self, value: object) -> str:
         """A value's String() in gopher-lua: what %v and %s print."""
@@ -127,8 +187,7 @@ class GoFormatter:
             return "true" if value else "false"
         if isinstance(value, int | float):
             return lua_number_text(value)
-        shown = self._tostring(value)
-        return text(shown) if isinstance(shown, bytes) else str(shown)
+        return raw_text(value)
 
     @staticmethod
     def go_type(value: object) -> str:
@@ -143,12 +202,17 @@ class GoFormatter:
         for i, value in enumerate(values):
             if i > 0 and not isinstance(value, str | bytes) and not isinstance(values[i - 1], str | bytes):
                 out.append(" ")
-            out.append(self.text(value))
+            out.append(self._charged(self.text(value)))
         return "".join(out).encode("utf-8", "surrogateescape")
 
     def sprintln(self, values: list[object]) -> bytes:
         """Operands separated by spaces, then a newline."""
-        return (" ".join(self.text(value) for value in values) + "\n").encode("utf-8", "surrogateescape")
+        parts = [self._charged(self.text(value)) for value in values]
+        return (" ".join(parts) + "\n").encode("utf-8", "surrogateescape")
+
+    def _charged(self, piece: str) -> str:
+        self._charge(len(piece))
+        return piece
 
     def sprintf(self, format_bytes: bytes, args: list[object]) -> bytes:
         """The format with its directives replaced; mistakes read as Go's (`%!d(MISSING)`, `%!(EXTRA ...)`).
@@ -163,7 +227,7 @@ class GoFormatter:
             if percent < 0:
                 out.append(fmt[pos:])
                 break
-            out.append(fmt[pos:percent])
+            out.append(self._charged(fmt[pos:percent]))
             found = _DIRECTIVE.match(fmt, percent)
             if found is None:  # the pattern matches any "%..." text
                 break
@@ -194,11 +258,13 @@ class GoFormatter:
             if used >= len(args):
                 out.append(f"%!{verb}(MISSING)")
                 continue
-            out.append(self._directive(verb, flags, width, precision, args[used]))
+            # A width or precision is text to write (`%999999999d`): charged before it is made.
+            self._charge((width or 0) + (precision or 0))
+            out.append(self._charged(self._directive(verb, flags, width, precision, args[used])))
             used += 1
         if used < len(args):
             extra = ", ".join(f"{self.go_type(value)}={self.text(value)}" for value in args[used:])
-            out.append(f"%!(EXTRA {extra})")
+            out.append(self._charged(f"%!(EXTRA {extra})"))
         return "".join(out).encode("utf-8", "surrogateescape")
 
     def _directive(self, verb: str, flags: str, width: int | None, precision: int | None, value: object) -> str:
@@ -283,22 +349,26 @@ def _pad(body: str, flags: str, width: int | None, zero_pad_after_sign: bool) ->
 
 def go_quote(value: str) -> str:
     """A double-quoted Go string literal, as strconv.Quote writes it."""
-    out = ['"']
-    for char in value:
-        code = ord(char)
-        if char in ('"', "\\"):
-            out.append("\\" + char)
-        elif char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif char == " " or unicodedata.category(char)[0] not in "CZ":
-            out.append(char)
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
+    return '"' + _QUOTED_CHAR.sub(_quote_char, value) + '"'
+
+
+# Printable ASCII other than the quote and the backslash stays as it is; the rest is looked at one by one.
+_QUOTED_CHAR = re.compile(r'["\\]|[^\x20-\x7e]')
+
+
+def _quote_char(found: re.Match[str]) -> str:
+    char = found.group()
+    code = ord(char)
+    if char in ('"', "\\"):
+        return "\\" + char
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if unicodedata.category(char)[0] not in "CZ":
+        return char
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 from msgscript.lua.module import ModuleContext
@@ -22,6 +23,8 @@ SEPARATOR = "/"
 LIST_SEPARATOR = ":"
 BAD_PATTERN = "syntax error in pattern"
 MAX_LINKS = 255
+_NAME_BYTES = 64
+"""Charged per directory entry a glob lists, besides its name."""
 
 
 class BadPatternError(Exception):
@@ -265,8 +268,9 @@ def _has_meta(path: str) -> bool:
 class _Walker:
     """Glob and EvalSymlinks with relative paths taken from the execution's directory."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, charge: Callable[[int], None]) -> None:
         self._workdir = workdir
+        self._charge = charge
 
     def _real(self, path: str) -> str:
         return path if is_abs(path) else os.path.join(self._workdir, path)
@@ -304,10 +308,16 @@ class _Walker:
         return directory[:-1]
 
     def _glob_in(self, directory: str, pattern: str, found: list[str]) -> list[str]:
+        names: list[str] = []
         try:
-            names = sorted(os.listdir(self._real(directory)))
+            with os.scandir(self._real(directory)) as entries:
+                for entry in entries:
+                    # A huge directory's listing counts against the script's memory cap.
+                    self._charge(len(entry.name) + _NAME_BYTES)
+                    names.append(entry.name)
         except OSError:
             return found
+        names.sort()
         for name in names:
             if match(pattern, name):
                 found.append(join(directory, name))
@@ -381,13 +391,13 @@ class FilepathModule:
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return the table of functions."""
 
-        as_text = GoFormatter(lua.globals()[b"tostring"]).text
+        as_text = GoFormatter().text
 
         def arg(value: object, position: int, function: str) -> str:
             return text(check_string(value, position, function))
 
         def walker() -> _Walker:
-            return _Walker(ctx.workdir())
+            return _Walker(ctx.workdir(), ctx.charge)
 
         def abs_(path: object = None, *_: object) -> object:
             name = arg(path, 1, "abs")
@@ -424,9 +434,10 @@ class FilepathModule:
 
         def join_(first: object = None, *more: object) -> object:
             path = arg(first, 1, "join")
-            for value in more:
-                path = join(path, as_text(value))
-            return path
+            if not more:
+                return path
+            # Go joins one element at a time; cleaning once gives the same path without quadratic work.
+            return join(path, *(as_text(value) for value in more))
 
         def split_(path: object = None, *_: object) -> object:
             return split(arg(path, 1, "split"))

@@ -1,8 +1,9 @@
 """The `ioutil` Lua module: whole-file reads and writes, and copies between readers and writers.
 
-`ioutil.read_file(path)` returns the contents or `nil, err`; `ioutil.write_file(path, data)` creates or
-truncates the file (mode 0644) and returns nothing, or `err`. Relative paths start at the execution's
-directory. `ioutil.copy(dst, src)` copies until `src:read(n)` returns nil, `ioutil.copyn(dst, src, n)`
+`ioutil.read_file(path)` returns the contents or `nil, err` (a file past the script's memory cap is a
+`not enough memory` error; a pipe is read until the script's deadline); `ioutil.write_file(path, data)`
+creates or truncates the file (mode 0644) and returns nothing, or `err`. Relative paths start at the
+execution's directory. `ioutil.copy(dst, src)` copies until `src:read(n)` returns nil, `ioutil.copyn(dst, src, n)`
 copies n bytes (`"EOF"` if src ends first); both return nothing, or the error of a failed read or write.
 As in gopher-lua-libs, a reader is any value with a `read` method and a writer any value with a `write`
 method: files from io.open, tcp connections, and tables of the script's own. A read returning an empty
@@ -16,7 +17,7 @@ from typing import Any
 
 from msgscript.lua.module import ModuleContext, lua_chunk
 
-from ._shared_io import check_string, path_error, resolve
+from ._shared_io import check_string, open_for_reading, path_error, read_all, resolve
 
 FILE_MODE = 0o644
 
@@ -95,18 +96,22 @@ class IoutilModule:
         def read_file(path: object = None, *_: object) -> object:
             name = check_string(path, 1, "read_file")
             try:
-                with open(resolve(ctx, name), "rb") as file:
-                    return file.read()
-            except IsADirectoryError as exc:
-                return (None, path_error("read", name, exc))
+                fd = open_for_reading(resolve(ctx, name))
             except OSError as exc:
                 return (None, path_error("open", name, exc))
+            try:
+                return read_all(ctx, fd)
+            except OSError as exc:
+                return (None, path_error("read", name, exc))
+            finally:
+                os.close(fd)
 
         def write_file(path: object = None, data: object = None, *_: object) -> object:
             name = check_string(path, 1, "write_file")
             content = check_string(data, 2, "write_file")
             try:
-                fd = os.open(resolve(ctx, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+                # Non-blocking: opening a named pipe must not wait for a reader (it fails without one).
+                fd = os.open(resolve(ctx, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, FILE_MODE)
             except OSError as exc:
                 return path_error("open", name, exc)
             try:

@@ -8,7 +8,7 @@ nothing or `err`), `:set_flags{date=, time=, microseconds=, utc=, longfile=, sho
 (each a boolean, absent = false) and `:close()` (returns nothing or `err`). A line is
 `<prefix><2009/01/23> <01:23:23.123123> <file:line:> <message>` with the parts the flags select, the
 prefix after the date with msgprefix; a newline is added when the message lacks one. Files still open
-are closed when the execution ends.
+are closed when the execution ends; an execution may hold 64 log files open at once.
 
 Differences from gopher-lua-libs: `log.new` with a file it cannot open returns the logger (writing to
 stdout, as there) and the error, where Go drops the error; `shortfile` and `msgprefix` are ours; `%d`,
@@ -20,14 +20,17 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import lupa.lua51 as lupa51
 
 from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.modules.support import HandleLimit, raw_getter
 
 from ._shared_io import (
+    TOO_MANY,
     GoFormatter,
     GoString,
     argument_error,
@@ -106,11 +109,12 @@ class Flags:
     msgprefix: bool = False
 
     @classmethod
-    def from_table(cls, table: Any, function: str) -> Flags:
-        """Read a flags table; a non-boolean value is an error naming its key (`date: must be bool`)."""
+    def from_table(cls, table: Any, function: str, rawget: Callable[[Any, object], Any]) -> Flags:
+        """Read a flags table (raw: no metamethod of the script's runs); a non-boolean value is an error naming
+        its key (`date: must be bool`)."""
         flags = cls()
         for name in FLAG_NAMES:
-            value = table[name.encode()]
+            value = rawget(table, name.encode())
             if value is None:
                 continue
             if not isinstance(value, bool):
@@ -151,7 +155,8 @@ class Output:
             return cls(stream=sys.stdout)
         if name == STDERR_NAME:
             return cls(stream=sys.stderr)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        # Non-blocking: opening a named pipe must not wait for a reader (it fails without one).
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, FILE_MODE)
         return cls(fd=fd, name=text(name))
 
     def write(self, data: bytes) -> None:
@@ -182,26 +187,43 @@ class Output:
 class Logger:
     """One logger's state: output, prefix and flags."""
 
-    def __init__(self, formatter: GoFormatter) -> None:
+    def __init__(self, formatter: GoFormatter, files: HandleLimit) -> None:
         self.formatter = formatter
         self.output = Output(stream=sys.stdout)
         self.closer: Output | None = None
         """The output close() closes: the file last opened, none after a failed set_output (as in Go)."""
         self.prefix = ""
         self.flags = Flags()
+        self._files = files
+        """The log files the execution holds open, all loggers together."""
 
     def set_output(self, name: bytes, path: str) -> str | None:
         """Close the current file output and switch to `name`; on failure the old output stays (closed)."""
-        if self.closer is not None:
-            self.closer.close()
-            self.closer = None
+        self.close_output()
+        self.closer = None
+        is_file = name not in STDOUT_NAMES and name != STDERR_NAME
+        if is_file and not self._files.acquire():
+            return f"open {text(name)}: {TOO_MANY}"
         try:
             output = Output.open(name, path)
         except OSError as exc:
+            if is_file:
+                self._files.release()
             return path_error("open", name, exc)
         self.output = output
-        self.closer = output
+        if is_file:
+            self.closer = output
         return None
+
+    def close_output(self) -> str | None:
+        """Close the file output close() is for, if any; the error text if it was closed already."""
+        closer = self.closer
+        if closer is None:
+            return None
+        error = closer.close()
+        if error is None:
+            self._files.release()
+        return error
 
     def location_mode(self) -> int:
         """0: no file:line part, 1: the source as named, 2: its last path element only."""
@@ -251,11 +273,13 @@ class LogModule:
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{new = ...}`."""
         factory = lua_chunk(lua, "gopher_log_logger", _LOGGER)
-        formatter = GoFormatter(lua.globals()[b"tostring"])
+        formatter = GoFormatter(ctx.charge)
+        rawget = raw_getter(lua)
+        files = HandleLimit()
 
         def new(*args: object) -> object:
-            logger = Logger(formatter)
-            ctx.on_close(lambda: logger.closer.close() if logger.closer is not None else None)
+            logger = Logger(formatter, files)
+            ctx.on_close(logger.close_output)
             error: str | None = None
             if args:
                 name = check_string(args[0], 1, "new")
@@ -263,7 +287,7 @@ class LogModule:
             if len(args) > 1:
                 logger.prefix = text(check_string(args[1], 2, "new"))
             if len(args) > 2:
-                logger.flags = Flags.from_table(check_table(args[2], 3, "new"), "new")
+                logger.flags = Flags.from_table(check_table(args[2], 3, "new"), "new", rawget)
 
             def emit(kind: bytes, where: bytes | None, *values: object) -> None:
                 logger.emit(kind, where, values)
@@ -279,11 +303,11 @@ class LogModule:
 
             def set_flags(obj: object = None, flags: object = None, *_: object) -> None:
                 _check_logger(obj, "set_flags")
-                logger.flags = Flags.from_table(check_table(flags, 2, "set_flags"), "set_flags")
+                logger.flags = Flags.from_table(check_table(flags, 2, "set_flags"), "set_flags", rawget)
 
             def close(obj: object = None, *_: object) -> object:
                 _check_logger(obj, "close")
-                return logger.closer.close() if logger.closer is not None else None
+                return logger.close_output()
 
             impl = ctx.to_lua(
                 {

@@ -10,7 +10,9 @@ JSON-able Lua value, encoded like the `json` module does.
 
 One store exists per absolute path in the process, shared by every execution that opens it (a lock
 keeps it consistent); the file is written on sync, close and when the last execution holding it ends,
-and is read again when it is next opened. The file format is the Go library's:
+and is read again when it is next opened. A store lives in the daemon's memory, so `set` counts the whole
+store against the script's memory cap: a set that would take it past the cap fails with `not enough
+memory` and stores nothing. The file format is the Go library's:
 `{"data":{"<key>":{"value":"<base64 of the JSON value>","max_valid_at":<unix ns>}}}`. A relative
 path lands in the execution's scratch directory, which goes away with it: stores meant to last need
 absolute paths. Several daemon processes sharing one file do not see each other's changes.
@@ -26,8 +28,10 @@ import base64
 import binascii
 import json
 import os
+import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +44,12 @@ DEFAULT_DRIVER = "memory"
 NEVER_NS = 2**63 - 1
 """The expiry of a key set without a ttl: the largest Go int64."""
 FILE_MODE = 0o644
+_ENTRY_BYTES = 128
+"""Charged per stored key, besides its text and value (the Python objects that hold them)."""
+_LOAD_FACTOR = 4
+"""Reading a store's file holds the text, its JSON objects and the entries: about this many times the file."""
+_SYNC_FACTOR = 3
+"""Writing the file makes copies of the values (base64, then the JSON text): about this many times the store."""
 
 
 @dataclass(slots=True)
@@ -53,6 +63,10 @@ class _Entry:
         return self.expires_ns > now_ns
 
 
+def _entry_bytes(key: str, value: bytes) -> int:
+    return len(key) + len(value) + _ENTRY_BYTES
+
+
 class SharedStore:
     """The in-memory content of one store file, shared by all executions that opened it."""
 
@@ -62,13 +76,26 @@ class SharedStore:
         self.entries = entries
         self.holders = 0
         self.dirty = False
+        self.size = sum(_entry_bytes(key, entry.value) for key, entry in entries.items())
+        """About how many bytes the entries take (they live in the daemon's memory, outside any script's)."""
 
-    def set(self, key: str, value: bytes, ttl_s: float) -> None:
-        """Store the JSON text `value` under key, for ttl_s seconds (<= 0: for good)."""
+    def set(self, key: str, value: bytes, ttl_s: float, charge: Callable[[int], None]) -> None:
+        """Store the JSON text `value` under key, for ttl_s seconds (<= 0: for good).
+
+        The whole store, with the new value, is charged to the script's memory cap first: a store cannot grow
+        past what one execution may hold, however many executions fill it.
+
+        Raises:
+            MemoryError: the store would outgrow the cap (nothing is stored).
+        """
         now = time.time_ns()
         expires = NEVER_NS if ttl_s <= 0 else min(NEVER_NS, now + int(ttl_s * 1e9))
         with self.lock:
+            old = self.entries.get(key)
+            size = self.size + _entry_bytes(key, value) - (0 if old is None else _entry_bytes(key, old.value))
+            charge(size)
             self.entries[key] = _Entry(value, expires)
+            self.size = size
             self.dirty = True
 
     def get(self, key: str) -> bytes | None:
@@ -94,6 +121,7 @@ class SharedStore:
         now = time.time_ns()
         with self.lock:
             self.entries = {key: entry for key, entry in self.entries.items() if entry.is_live(now)}
+            self.size = sum(_entry_bytes(key, entry.value) for key, entry in self.entries.items())
             document = {
                 "data": {
                     key: {"value": base64.b64encode(entry.value).decode("ascii"), "max_valid_at": entry.expires_ns}
@@ -115,19 +143,24 @@ class StoreRegistry:
         self._lock = threading.Lock()
         self._stores: dict[str, SharedStore] = {}
 
-    def acquire(self, path: str) -> SharedStore:
+    def acquire(self, path: str, charge: Callable[[int], None]) -> SharedStore:
         """The store for path, loading (or creating) its file if no execution holds it; count one holder.
+
+        The store is charged to the opening script's memory cap (the file's size, when it is read).
 
         Raises:
             OSError: the file cannot be read or created.
             ValueError: the file is not a store.
+            MemoryError: the store is larger than the cap leaves.
         """
         with self._lock:
             store = self._stores.get(path)
             if store is None:
-                store = SharedStore(path, _read_entries(path))
+                store = SharedStore(path, _read_entries(path, charge))
                 store.sync()
                 self._stores[path] = store
+            else:
+                charge(store.size)
             store.holders += 1
             return store
 
@@ -152,12 +185,19 @@ STORES = StoreRegistry()
 """Shared by every execution of the process, so that concurrent executions see one store per file."""
 
 
-def _read_entries(path: str) -> dict[str, _Entry]:
+def _read_entries(path: str, charge: Callable[[int], None]) -> dict[str, _Entry]:
     try:
-        with open(path, "rb") as file:
-            raw = file.read()
+        # Non-blocking: a named pipe must not hold the thread (and the registry's lock) waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"invalid storage file {path}: not a regular file")
+        # The file, the JSON objects parsed from it and the entries made of them.
+        charge(_LOAD_FACTOR * info.st_size)
+        raw = file.read()
     if not raw.strip():
         raise ValueError("unexpected end of JSON input")
     try:
@@ -186,7 +226,7 @@ class StorageModule:
             if driver is not None and check_string(driver, 2, "open") != DEFAULT_DRIVER.encode():
                 return (None, "driver not found")
             try:
-                store = STORES.acquire(resolve(ctx, name))
+                store = STORES.acquire(resolve(ctx, name), ctx.charge)
             except OSError as exc:
                 return (None, path_error("open", name, exc))
             except ValueError as exc:
@@ -207,7 +247,7 @@ class StorageModule:
                 encoded = encode(rest[0])
                 if encoded[0] is None:
                     return encoded[1]
-                store.set(_key(name), encoded[0], float(ttl or 0))
+                store.set(_key(name), encoded[0], float(ttl or 0), ctx.charge)
                 return None
 
             def get(obj: object = None, key: object = None, *_: object) -> object:
@@ -236,11 +276,13 @@ class StorageModule:
 
             def sync(obj: object = None, *_: object) -> object:
                 check_self(obj, "sync", "storage_ud")
+                ctx.charge(_SYNC_FACTOR * store.size)
                 return _sync(store)
 
             def close(obj: object = None, *_: object) -> object:
                 # Like the Go library, a closed store keeps working until the execution ends.
                 check_self(obj, "close", "storage_ud")
+                ctx.charge(_SYNC_FACTOR * store.size)
                 return _sync(store)
 
             return {"set": set_, "get": get, "keys": keys, "dump": dump, "sync": sync, "close": close}

@@ -14,6 +14,7 @@ Lua files; nil at the end) and `:close()`; `new_builder()` a writer with `:write
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from msgscript.lua.module import ModuleContext, lua_chunk
@@ -35,7 +36,19 @@ _INVALID = "\ufffd"
 # inside another character.
 _SPACE = rb"(?:[\t\n\v\f\r ]|\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]|\xe2\x81\x9f|\xe3\x80\x80)"
 _SPACES = re.compile(_SPACE + b"+")
-_EDGE_SPACES = re.compile(rb"\A" + _SPACE + rb"+|" + _SPACE + rb"+\Z")
+_LEADING_SPACES = re.compile(_SPACE + b"+")
+# The same characters with their bytes in reverse order, to find trailing space in the reversed string: a
+# search for space at the end would backtrack over every run of space inside the string (quadratic time).
+_TRAILING_SPACES_REVERSED = re.compile(
+    rb"(?:[\t\n\v\f\r ]|[\x85\xa0]\xc2|\x80\x9a\xe1|[\x80-\x8a\xa8\xa9\xaf]\x80\xe2|\x9f\x81\xe2|\x80\x80\xe3)+"
+)
+# Bytes that may start a space (ASCII white space and the lead bytes of the others): one more than their
+# count bounds the fields of a string.
+_SPACE_STARTS = b"\t\n\v\f\r \xc2\xe1\xe2\xe3"
+_PIECE_BYTES = 48
+"""Charged per string split or fields make (a bytes object and its list slot), besides its text."""
+_RUNE_BYTES = 96
+"""Charged per distinct character of a trim cutset (a str and its set entry), and per character trimmed."""
 
 
 def characters(value: bytes) -> list[bytes]:
@@ -64,22 +77,68 @@ def go_fields(value: bytes) -> list[bytes]:
 
 
 def go_trim_space(value: bytes) -> bytes:
-    """Go's strings.TrimSpace."""
-    return _EDGE_SPACES.sub(b"", value)
+    """Go's strings.TrimSpace, in linear time."""
+    leading = _LEADING_SPACES.match(value)
+    start = leading.end() if leading else 0
+    trailing = _TRAILING_SPACES_REVERSED.match(value[::-1])
+    end = len(value) - (trailing.end() if trailing else 0)
+    return value[start : max(start, end)]
 
 
-def go_trim(value: bytes, cutset: bytes) -> bytes:
-    """Go's strings.Trim: drop leading and trailing characters that occur in cutset."""
+def _first_character(value: bytes, start: int) -> bytes:
+    """The character at start, as Go's utf8.DecodeRune reads it (an invalid byte is one of its own)."""
+    found = _CHARACTER.match(value, start)
+    assert found is not None  # the pattern matches any byte
+    return found.group()
+
+
+def _last_character(value: bytes, end: int) -> bytes:
+    """The character ending at end, as Go's utf8.DecodeLastRune reads it."""
+    start = end - 1
+    if value[start] < 0x80:
+        return value[start:end]
+    limit = max(0, end - 4)
+    start -= 1
+    while start >= limit and 0x80 <= value[start] < 0xC0:
+        start -= 1
+    start = max(start, 0)
+    character = _first_character(value, start)
+    if start + len(character) != end:
+        return value[end - 1 : end]
+    return character
+
+
+def go_trim(value: bytes, cutset: bytes, charge: Callable[[int], None] = lambda nbytes: None) -> bytes:
+    """Go's strings.Trim: drop leading and trailing characters that occur in cutset.
+
+    Only the characters trimmed are looked at, one by one (each charged, as is each distinct character of the
+    cutset: the loop is Python's).
+    """
     if not value or not cutset:
         return value
-    cut = {_rune(character) for character in characters(cutset)}
-    parts = characters(value)
-    start, end = 0, len(parts)
-    while start < end and _rune(parts[start]) in cut:
-        start += 1
-    while end > start and _rune(parts[end - 1]) in cut:
-        end -= 1
-    return b"".join(parts[start:end])
+    if cutset.isascii():
+        # ASCII bytes never occur inside a longer character: trimming bytes is trimming characters.
+        return value.strip(cutset)
+    cut: set[str] = set()
+    for found in _CHARACTER.finditer(cutset):
+        before = len(cut)
+        cut.add(_rune(found.group()))
+        if len(cut) > before:
+            charge(_RUNE_BYTES)
+    start, end = 0, len(value)
+    while start < end:
+        character = _first_character(value, start)
+        if _rune(character) not in cut:
+            break
+        charge(_RUNE_BYTES)
+        start += len(character)
+    while end > start:
+        character = _last_character(value, end)
+        if _rune(character) not in cut:
+            break
+        charge(_RUNE_BYTES)
+        end -= len(character)
+    return value[start:end]
 
 
 _OBJECTS = rb"""
@@ -192,16 +251,24 @@ class StringsModule:
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return the module table: Go's string functions plus the reader and builder constructors."""
 
+        # The pieces are charged before they are made: splitting a big string into characters makes a Python
+        # object per byte.
+
         def split(value: object = None, *args: object) -> list[bytes]:
             subject = check_string(value, 1, "split")
             sep = check_string(args[0], 2, "split") if args else b""
+            pieces = subject.count(sep) + 1 if sep else len(subject)
+            ctx.charge(len(subject) + _PIECE_BYTES * pieces)
             return go_split(subject, sep)
 
         def fields(value: object = None, *_: object) -> list[bytes]:
-            return go_fields(check_string(value, 1, "fields"))
+            subject = check_string(value, 1, "fields")
+            spaces = len(subject) - len(subject.translate(None, _SPACE_STARTS))
+            ctx.charge(len(subject) + _PIECE_BYTES * (spaces + 1))
+            return go_fields(subject)
 
         def trim(value: object = None, cutset: object = None, *_: object) -> bytes:
-            return go_trim(check_string(value, 1, "trim"), check_string(cutset, 2, "trim"))
+            return go_trim(check_string(value, 1, "trim"), check_string(cutset, 2, "trim"), ctx.charge)
 
         def trim_space(value: object = None, *_: object) -> bytes:
             return go_trim_space(check_string(value, 1, "trim_space"))

@@ -15,11 +15,13 @@ from __future__ import annotations
 import re
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.modules.support import HandleLimit
 
-from ._shared_io import LuaArgumentError, argument_error, check_self, check_string, errno_text, text
+from ._shared_io import TOO_MANY, LuaArgumentError, argument_error, check_self, check_string, errno_text, text
 
 DEFAULT_READ_BYTES = 1024
 RECEIVE_BYTES = 64 * 1024
@@ -62,11 +64,20 @@ def _endpoint(address: Any) -> str:
 class Connection:
     """One client connection, with a receive buffer so that line reads never lose bytes."""
 
-    def __init__(self, sock: socket.socket, ctx: ModuleContext, timeouts: dict[str, float]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        ctx: ModuleContext,
+        timeouts: dict[str, float],
+        on_closed: Callable[[], object] = lambda: None,
+    ) -> None:
         self._sock = sock
         self._ctx = ctx
+        self._on_closed = on_closed
         self.timeouts = timeouts
-        self._buffer = b""
+        # What arrived and was not read yet. Each piece received is charged to the script's memory cap by the
+        # read that waits for it; between reads at most one piece (RECEIVE_BYTES) stays here.
+        self._buffer = bytearray()
         self._eof = False
         self.closed = False
         try:
@@ -99,8 +110,15 @@ class Connection:
         if not data:
             self._eof = True
             return False
+        self._ctx.charge(len(data))
         self._buffer += data
         return True
+
+    def _take(self, size: int, skip: int = 0) -> bytes:
+        """The first size bytes of the buffer, dropping them and `skip` more."""
+        data = bytes(self._buffer[:size])
+        del self._buffer[: size + skip]
+        return data
 
     def read_some(self, limit: int) -> bytes | None:
         """Up to limit bytes, as soon as any are there; None at the end."""
@@ -108,28 +126,27 @@ class Connection:
             return b""
         if not self._buffer and not self._receive(self._deadline("readTimeout")):
             return None
-        data, self._buffer = self._buffer[:limit], self._buffer[limit:]
-        return data
+        return self._take(limit)
 
     def read_line(self) -> bytes | None:
         """The next line without its newline (the rest at the end), or None at the end."""
         deadline = self._deadline("readTimeout")
-        while b"\n" not in self._buffer:
+        searched = 0
+        while (newline := self._buffer.find(b"\n", searched)) < 0:
+            # Only what arrives next needs searching.
+            searched = len(self._buffer)
             if not self._receive(deadline):
                 if not self._buffer:
                     return None
-                line, self._buffer = self._buffer, b""
-                return line
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
+                return self._take(len(self._buffer))
+        return self._take(newline, 1)
 
     def read_all(self) -> bytes:
         """Everything until the peer closes."""
         deadline = self._deadline("readTimeout")
         while self._receive(deadline):
             pass
-        data, self._buffer = self._buffer, b""
-        return data
+        return self._take(len(self._buffer))
 
     def read_number(self) -> float:
         """The next number after any whitespace (0 at the end)."""
@@ -140,7 +157,8 @@ class Connection:
             # Done once something that is not part of a number follows it, or the peer has closed.
             if found.end() < len(self._buffer) or not self._receive(deadline):
                 break
-        token, self._buffer = found[1], self._buffer[found.end() :]
+        token = found[1]
+        del self._buffer[: found.end()]
         if not token:
             return 0.0
         try:
@@ -173,6 +191,7 @@ class Connection:
             raise self._error("close", "use of closed network connection")
         self.closed = True
         self._sock.close()
+        self._on_closed()
 
 
 def dial(ctx: ModuleContext, address: str, timeout_s: float) -> socket.socket:
@@ -234,17 +253,21 @@ class TcpModule:
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{open = ...}`."""
         factory = lua_chunk(lua, "gopher_tcp_connection", _CONNECTION)
+        handles = HandleLimit()
 
         def open_(address: object = None, dial_timeout: object = None, *_: object) -> object:
             where = text(check_string(address, 1, "open"))
             timeouts = dict(DEFAULT_TIMEOUTS_S)
             if isinstance(dial_timeout, int | float) and not isinstance(dial_timeout, bool):
                 timeouts["dialTimeout"] = float(dial_timeout)
+            if not handles.acquire():
+                return (None, f"dial tcp {where}: socket: {TOO_MANY}")
             try:
                 sock = dial(ctx, where, timeouts["dialTimeout"])
             except TcpError as exc:
+                handles.release()
                 return (None, str(exc))
-            conn = Connection(sock, ctx, timeouts)
+            conn = Connection(sock, ctx, timeouts, on_closed=handles.release)
             ctx.on_close(lambda: None if conn.closed else conn.close())
             methods = {"read": _reader(conn), "write": _writer(conn), "close": _closer(conn)}
             return factory(ctx.to_lua(methods), ctx.to_lua(_field_getter(conn)), ctx.to_lua(_field_setter(conn)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import chevron
@@ -26,6 +26,7 @@ import chevron.tokenizer
 from msgscript.lua.module import ModuleContext
 from msgscript.lua.runtime import lua_number_text
 
+from ._shared_io import open_for_reading, read_all
 from ._shared_text import argument_error, check_string, check_table, is_table, lua_bytes, text
 
 ENGINES = ("mustache",)
@@ -36,6 +37,56 @@ _MAX_VALUES = 1_000_000
 _TOKENIZE_LOCK = threading.Lock()
 _GO_HTML_ESCAPES = {"&": "&amp;", "'": "&#39;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "\x00": "\ufffd"}
 _GO_HTML_TABLE = str.maketrans(_GO_HTML_ESCAPES)
+# What rendering charges the script's memory cap (besides text): per value converted for chevron, per table,
+# per table entry, and per name looked up or item iterated while rendering.
+_VALUE_BYTES = 56
+_TABLE_BYTES = 64
+_ENTRY_BYTES = 16
+_LOOKUP_BYTES = 16
+_TOKEN_BYTES = 96
+
+
+class _Meter:
+    """What one rendering charges: every value it prints, and each time a section's text repeats.
+
+    chevron builds its output in one piece, so the charges come from the values it asks for: a name looked up
+    (its text, or the text of a section if it opens one) and an item iterated (a section's text again). A
+    section's text is bounded by the most literal text any section of the template or its partials holds.
+    """
+
+    __slots__ = ("charge", "section_bytes")
+
+    def __init__(self, charge: Callable[[int], None]) -> None:
+        self.charge = charge
+        self.section_bytes = 0
+
+    def opened(self, value: object) -> None:
+        """Charge a value chevron is about to print or enter."""
+        if isinstance(value, str):
+            self.charge(len(value) + _LOOKUP_BYTES)
+        elif isinstance(value, _Scope | _Array):
+            self.charge(self.section_bytes + _LOOKUP_BYTES)
+        else:
+            self.charge(_LOOKUP_BYTES)
+
+    def read(self, tokens: list[tuple[str, str]]) -> None:
+        """Note the sections of a template (or partial) about to be rendered, and charge its tokens."""
+        self.charge(_TOKEN_BYTES * len(tokens))
+        self.section_bytes = max(self.section_bytes, _section_text_bytes(tokens))
+
+
+def _section_text_bytes(tokens: list[tuple[str, str]]) -> int:
+    """The most literal text directly inside one section of the tokens."""
+    most = 0
+    open_sections: list[int] = []
+    for tag, key in tokens:
+        if tag in ("section", "inverted section"):
+            open_sections.append(0)
+        elif tag == "end" and open_sections:
+            most = max(most, open_sections.pop())
+        elif tag == "literal" and open_sections:
+            open_sections[-1] += len(key)
+    return max([most, *open_sections])
 
 
 class TemplateError(Exception):
@@ -61,14 +112,40 @@ class _Text(str):
 
 
 class _Array(list[Any]):
-    """A Lua array: a section over it repeats for each item."""
+    """A Lua array: a section over it repeats for each item (each repetition charged)."""
 
-    __slots__ = ()
+    __slots__ = ("_meter",)
+
+    def __init__(self, items: list[Any], meter: _Meter) -> None:
+        super().__init__(items)
+        self._meter = meter
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             raise KeyError(key)
         return list.__getitem__(self, key)
+
+    def __iter__(self) -> Iterator[Any]:
+        meter = self._meter
+        for item in list.__iter__(self):
+            # The section's text once more, and the item when the section prints it (`{{.}}`).
+            meter.charge(meter.section_bytes + _LOOKUP_BYTES + (len(item) if isinstance(item, str) else 0))
+            yield item
+
+
+class _Scope(dict[str, Any]):
+    """A Lua table that is not an array: a section over it enters it once; names are looked up in it."""
+
+    __slots__ = ("_meter",)
+
+    def __init__(self, items: dict[str, Any], meter: _Meter) -> None:
+        super().__init__(items)
+        self._meter = meter
+
+    def __getitem__(self, key: str) -> Any:
+        value = dict.__getitem__(self, key)
+        self._meter.opened(value)
+        return value
 
 
 class _False:
@@ -97,18 +174,20 @@ _NOTHING = _Text("")
 """Functions, userdata and threads: they print as nothing and count as false."""
 
 
-def to_template_value(value: Any) -> Any:
-    """A Lua value as chevron reads it: arrays (keys 1..n) become lists, other tables dicts.
+def to_template_value(value: Any, meter: _Meter) -> Any:
+    """A Lua value as chevron reads it: arrays (keys 1..n) become lists, other tables dicts; each copy is
+    charged to the script's memory cap through the meter.
 
     Raises:
         TemplateError: the tables nest deeper than _MAX_NESTING (a table containing itself does), or
             hold more than _MAX_VALUES values in all (shared subtables count each time they are met).
+        MemoryError: the copy would take the script past its memory cap.
     """
     budget = [_MAX_VALUES]
-    return _convert(value, 0, budget)
+    return _convert(value, 0, budget, meter)
 
 
-def _convert(value: Any, depth: int, budget: list[int]) -> Any:
+def _convert(value: Any, depth: int, budget: list[int], meter: _Meter) -> Any:
     if value is None:
         return _NOTHING
     if value is True:
@@ -116,20 +195,26 @@ def _convert(value: Any, depth: int, budget: list[int]) -> Any:
     if value is False:
         return _FALSE
     if isinstance(value, int | float):
+        meter.charge(_VALUE_BYTES)
         return _Text(lua_number_text(value))
     if isinstance(value, bytes):
+        meter.charge(len(value) + _VALUE_BYTES)
         return _Text(text(value))
     if not is_table(value):
         return _NOTHING
     if depth >= _MAX_NESTING:
         raise TemplateError("cannot render recursively nested tables")
-    items = list(value.items())
+    items = []
+    for item in value.items():
+        meter.charge(_ENTRY_BYTES)
+        items.append(item)
+    meter.charge(_TABLE_BYTES)
     budget[0] -= len(items)
     if budget[0] < 0:
         raise TemplateError("too many values to render")
     if _is_array(items):
         items.sort(key=lambda item: item[0])
-        return _Array(_convert(item, depth + 1, budget) for _, item in items)
+        return _Array([_convert(item, depth + 1, budget, meter) for _, item in items], meter)
     converted = {}
     for key, item in items:
         if isinstance(key, bytes):
@@ -138,8 +223,8 @@ def _convert(value: Any, depth: int, budget: list[int]) -> Any:
             name = lua_number_text(key)
         else:
             continue
-        converted[name] = _convert(item, depth + 1, budget)
-    return converted
+        converted[name] = _convert(item, depth + 1, budget, meter)
+    return _Scope(converted, meter)
 
 
 def _is_array(items: list[tuple[Any, Any]]) -> bool:
@@ -148,19 +233,27 @@ def _is_array(items: list[tuple[Any, Any]]) -> bool:
 
 
 class _Partials(Mapping[str, str]):
-    """Partials read from files on demand, relative to the execution's directory."""
+    """Partials read from files on demand, relative to the execution's directory; each read charged (a
+    partial is read again each time it is rendered, so a section repeating it repeats the charge)."""
 
-    def __init__(self, ctx: ModuleContext) -> None:
+    def __init__(self, ctx: ModuleContext, meter: _Meter) -> None:
         self._ctx = ctx
+        self._meter = meter
 
     def __getitem__(self, name: str) -> str:
         base = name if name.startswith("/") else os.path.join(self._ctx.workdir(), name)
         for extension in PARTIAL_EXTENSIONS:
             try:
-                with open(base + extension, "rb") as handle:
-                    return text(handle.read())
+                content = read_file(self._ctx, base + extension)
             except OSError:
                 continue
+            partial = text(content)
+            self._meter.charge(len(partial))
+            try:
+                self._meter.read(_tokens(partial))
+            except TemplateError:
+                pass  # chevron reports it when it renders the partial
+            return partial
         raise KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
@@ -226,14 +319,33 @@ def _closing_tag_line(template: str, complaint: str) -> int:
     return template.count("\n", 0, low) + 1
 
 
-def render(template: bytes, values: Any, partials: Mapping[str, str]) -> bytes:
-    """Render a Mustache template with a Lua table of values.
+def read_file(ctx: ModuleContext, path: str) -> bytes:
+    """A template or partial file's content, charged to the script's memory cap as it is read.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        TimeoutError: the deadline passed while waiting for a pipe.
+        MemoryError: the file is larger than the cap leaves.
+    """
+    fd = open_for_reading(path)
+    try:
+        return read_all(ctx, fd)
+    finally:
+        os.close(fd)
+
+
+def render(template: bytes, values: Any, partials: Mapping[str, str], meter: _Meter) -> bytes:
+    """Render a Mustache template with a Lua table of values, charging the work through the meter.
 
     Raises:
         TemplateError: the template is malformed or the values nest too deeply.
+        MemoryError: the copy of the values or the output would take the script past its memory cap.
     """
-    tokens = _tokens(text(template))
-    data = to_template_value(values)
+    source = text(template)
+    meter.charge(len(source))
+    tokens = _tokens(source)
+    meter.read(tokens)
+    data = to_template_value(values, meter)
     try:
         output = chevron.render(tokens, data, partials_path=None, partials_dict=partials)
     except chevron.tokenizer.ChevronError as exc:  # in a partial
@@ -251,7 +363,6 @@ class TemplateModule:
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{choose = ...}`."""
-        partials = _Partials(ctx)
 
         def check_engine(engine: object, function: str) -> None:
             if not is_table(engine):
@@ -261,8 +372,9 @@ class TemplateModule:
             check_engine(engine, "render")
             template = check_string(body, 2, "render")
             table = check_table(values, 3, "render")
+            meter = _Meter(ctx.charge)
             try:
-                return render(template, table, partials)
+                return render(template, table, _Partials(ctx, meter), meter)
             except TemplateError as exc:
                 return (None, str(exc))
 
@@ -272,14 +384,20 @@ class TemplateModule:
             table = check_table(values, 3, "render_file")
             full = name if name.startswith("/") else os.path.join(ctx.workdir(), name)
             try:
-                with open(full, "rb") as handle:
-                    template = handle.read()
-            except IsADirectoryError:
-                return (None, f"read {name}: is a directory")
+                fd = open_for_reading(full)
             except OSError as exc:
                 return (None, f"open {name}: {_errno_text(exc)}")
             try:
-                return render(template, table, partials)
+                template = read_all(ctx, fd)
+            except IsADirectoryError:
+                return (None, f"read {name}: is a directory")
+            except OSError as exc:
+                return (None, f"read {name}: {_errno_text(exc)}")
+            finally:
+                os.close(fd)
+            meter = _Meter(ctx.charge)
+            try:
+                return render(template, table, _Partials(ctx, meter), meter)
             except TemplateError as exc:
                 return (None, str(exc))
 

@@ -16,6 +16,9 @@ dates before 1678 or after 2262 (a layout without a date parses into year 0); th
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import math
 import time as _clock
 import zoneinfo
@@ -659,7 +662,7 @@ class TimeModule:
     """Builds the `time` table for one execution."""
 
     name = "time"
-    # Not inline_safe: sleep blocks the thread it runs on.
+    # Not inline_safe: sleep waits on the event loop (ctx.call).
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{unix, unix_nano, sleep, parse, format}`."""
@@ -674,12 +677,10 @@ class TimeModule:
             wanted = check_number(seconds, 1, "sleep")
             if not wanted > 0:
                 return
-            remaining = ctx.remaining_s()
-            if wanted < remaining:
-                _clock.sleep(wanted)
-            else:
-                # Past the deadline the script is stopped as soon as this returns.
-                _clock.sleep(remaining + 0.001)
+            # On the event loop, so that cancelling the execution ends the wait too. A sleep past the deadline
+            # ends there, and the script is stopped as soon as this returns.
+            with contextlib.suppress(TimeoutError, concurrent.futures.CancelledError):
+                ctx.call(asyncio.sleep(wanted))
 
         def parse(value: object = None, layout: object = None, *args: object) -> tuple[object, ...]:
             layout_b = check_string(layout, 2, "parse")

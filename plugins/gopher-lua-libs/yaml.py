@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from functools import cmp_to_key
 from typing import Any
 
@@ -66,6 +66,19 @@ _TIMESTAMP_LIKE = re.compile(
 _BASE60_FLOAT = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?\Z")
 _INT64 = 2**63
 MAX_DECODED_VALUES = 1_000_000
+NODE_BYTES = 400
+"""Charged per YAML node parsed or dumped: PyYAML's node (and its marks) and the value made of it."""
+_LUA_VALUE_BYTES = 64
+_LUA_ENTRY_BYTES = 40
+"""Charged per decoded value handed to Lua (a table or string), and per entry of a table."""
+
+Charge = Callable[[int], None]
+
+
+def _no_charge(nbytes: int) -> None:
+    pass
+
+
 _ALIASING = "yaml: document contains excessive aliasing"
 
 
@@ -260,8 +273,10 @@ class EncodeError(Exception):
     """A Lua value YAML cannot hold."""
 
 
-def from_lua(value: Any, visited: set[str]) -> Any:
-    """A Lua value as Python data for the dumper, with the Go library's choices and errors."""
+def from_lua(value: Any, visited: set[str], charge: Charge = _no_charge) -> Any:
+    """A Lua value as Python data for the dumper, with the Go library's choices and errors; every value is
+    charged (its copy, and the node the dumper makes of it) before the dumper runs."""
+    charge(NODE_BYTES + (len(value) if isinstance(value, bytes) else 0))
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int | float):
@@ -282,19 +297,21 @@ def from_lua(value: Any, visited: set[str]) -> Any:
         address = identity.rsplit(" ", 1)[-1].rstrip(">")
         raise EncodeError(f"nested table table: {address}")
     visited.add(identity)
-    items = list(value.items())
-    keys = {key for key, _ in items if isinstance(key, int | float) and not isinstance(key, bool)}
-    if len(keys) == len(items) and keys == set(range(1, len(items) + 1)):
-        items.sort(key=lambda item: item[0])
-        return [from_lua(item, visited) for _, item in items]
+    # The keys first, then each value when its turn comes: a table holding one big string many times must not
+    # be copied into Python whole before anything is charged. (The keys are present: indexing runs no
+    # metamethod.)
+    keys = list(value.keys())
+    numbers = {key for key in keys if isinstance(key, int | float) and not isinstance(key, bool)}
+    if len(numbers) == len(keys) and numbers == set(range(1, len(keys) + 1)):
+        return [from_lua(value[index], visited, charge) for index in range(1, len(keys) + 1)]
     mapping = {}
-    for key, item in items:
-        converted = from_lua(key, visited)
+    for key in keys:
+        converted = from_lua(key, visited, charge)
         if isinstance(converted, list | dict):
             # What Go's runtime says when a map key cannot be hashed.
             kind = "[]interface {}" if isinstance(converted, list) else "map[interface {}]interface {}"
             raise EncodeError(f"runtime error: hash of unhashable type {kind}")
-        mapping[converted] = from_lua(item, visited)
+        mapping[converted] = from_lua(value[key], visited, charge)
     return mapping
 
 
@@ -302,25 +319,52 @@ class ExcessiveAliasing(Exception):
     """A document whose aliases expand to more values than MAX_DECODED_VALUES (a "billion laughs")."""
 
 
-def to_lua(value: Any) -> Any:
-    """Decoded data as values for Lua (nested dicts and lists become tables on the way out).
+def to_lua(value: Any, charge: Charge = _no_charge) -> Any:
+    """Decoded data as values for Lua (nested dicts and lists become tables on the way out), each charged
+    (its bytes and the Lua value made of it) before it is made.
 
     Raises:
         ExcessiveAliasing: the data, with every alias expanded, holds more than MAX_DECODED_VALUES values.
     """
-    return _to_lua(value, [MAX_DECODED_VALUES])
+    # Aliases share their Python values: count the values with every alias expanded (cheaply, once per shared
+    # value) before anything is made, so that a "billion laughs" gets its error rather than the memory cap's.
+    if _expanded_count(value, {}) > MAX_DECODED_VALUES:
+        raise ExcessiveAliasing
+    return _to_lua(value, [MAX_DECODED_VALUES], charge)
 
 
-def _to_lua(value: Any, budget: list[int]) -> Any:
+def _expanded_count(value: Any, known: dict[int, int]) -> int:
+    """How many values _to_lua makes of value (keys included), counting shared values every time they occur."""
+    if not isinstance(value, dict | list | tuple):
+        return 1
+    count = known.get(id(value))
+    if count is None:
+        count = 1
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _is_lua_key(key):
+                    count += _expanded_count(key, known) + _expanded_count(item, known)
+        else:
+            for item in value:
+                count += _expanded_count(item, known)
+        known[id(value)] = count
+    return count
+
+
+def _to_lua(value: Any, budget: list[int], charge: Charge) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
         raise ExcessiveAliasing
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
+        data = value.encode("utf-8", "surrogateescape")
+        charge(2 * len(data) + _LUA_VALUE_BYTES)
+        return data
     if isinstance(value, dict):
-        return {_to_lua(k, budget): _to_lua(v, budget) for k, v in value.items() if _is_lua_key(k)}
+        charge(_LUA_VALUE_BYTES + _LUA_ENTRY_BYTES * len(value))
+        return {_to_lua(k, budget, charge): _to_lua(v, budget, charge) for k, v in value.items() if _is_lua_key(k)}
     if isinstance(value, list | tuple):
-        return [_to_lua(v, budget) for v in value]
+        charge(_LUA_VALUE_BYTES + _LUA_ENTRY_BYTES * len(value))
+        return [_to_lua(v, budget, charge) for v in value]
     if isinstance(value, set):
         return {}
     if isinstance(value, int) and not isinstance(value, bool) and not -_INT64 <= value < _INT64:
@@ -335,16 +379,32 @@ def _is_lua_key(key: Any) -> bool:
     return isinstance(key, str | bytes | int)
 
 
-def encode_document(value: Any, explicit_start: bool = False) -> str:
-    """One YAML document for a Lua value.
+class _ChargedText:
+    """Where the dumper writes: each piece is charged as it comes, so that output past the memory cap stops it."""
+
+    def __init__(self, charge: Charge) -> None:
+        self._charge = charge
+        self._parts: list[str] = []
+
+    def write(self, text: str) -> None:
+        self._charge(len(text))
+        self._parts.append(text)
+
+    def getvalue(self) -> str:
+        return "".join(self._parts)
+
+
+def encode_document(value: Any, explicit_start: bool = False, charge: Charge = _no_charge) -> str:
+    """One YAML document for a Lua value, its work and output charged as they grow.
 
     Raises:
         EncodeError: the value holds a function, userdata, or a table twice.
+        MemoryError: `charge` refused.
     """
-    data = from_lua(value, set())
-    out: str = yaml.dump(
-        data, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, explicit_start=explicit_start
-    )
+    data = from_lua(value, set(), charge)
+    stream = _ChargedText(charge)
+    yaml.dump(data, stream, Dumper=_Dumper, default_flow_style=False, allow_unicode=True, explicit_start=explicit_start)
+    out = stream.getvalue()
     # PyYAML ends a document holding a bare scalar with "...", which yaml.v2 does not write.
     if out.endswith("\n...\n"):
         out = out[:-4]
@@ -373,6 +433,25 @@ def decode_error(exc: yaml.YAMLError) -> str:
 
 # libyaml (under yaml.v2) words some problems differently from PyYAML.
 _PROBLEMS = {"mapping values are not allowed here": "mapping values are not allowed in this context"}
+
+
+def charge_nodes(source: bytes, charge: Charge, *, first_only: bool) -> None:
+    """Charge what parsing a YAML stream will cost before it is parsed (PyYAML builds a document's whole node
+    tree, several hundred bytes a node, before its values): one pass over the parser's events, which cost
+    little each, charging every node. With first_only, only the first document is counted.
+
+    A syntax error ends the count; the parse that follows reports it.
+    """
+    try:
+        for event in yaml.parse(source, Loader=_BaseLoader):
+            if isinstance(event, yaml.ScalarEvent):
+                charge(NODE_BYTES + 2 * len(event.value))
+            elif isinstance(event, yaml.NodeEvent):
+                charge(NODE_BYTES)
+            elif first_only and isinstance(event, yaml.DocumentEndEvent):
+                return
+    except yaml.YAMLError:
+        return
 
 
 def documents(source: bytes) -> Generator[Any, None, None]:
@@ -437,7 +516,14 @@ return function(encode_document, open_stream)
         n = n + 1
         parts[n] = tostring(chunk)
       end
-      next_document = open_stream(concat(parts, "", 1, n))
+      local parsed, count, err = open_stream(concat(parts, "", 1, n))
+      local i = 0
+      next_document = function()
+        i = i + 1
+        if i <= count then return parsed[i] end
+        if i == count + 1 and err ~= nil then return nil, err end
+        return nil, "EOF"
+      end
       self.next_document = next_document
     end
     return next_document()
@@ -477,11 +563,15 @@ class YamlModule:
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{decode, encode, new_decoder, new_encoder}`."""
 
+        charge = ctx.charge
+
         def decode(value: object = None, *_: object) -> tuple[object, ...]:
-            stream = documents(check_string(value, 1, "decode"))
+            source = check_string(value, 1, "decode")
+            # Only the first document counts, as with yaml.v2's Unmarshal.
+            charge_nodes(source, charge, first_only=True)
+            stream = documents(source)
             try:
-                # Only the first document counts, as with yaml.v2's Unmarshal.
-                return (to_lua(next(stream, None)),)
+                return (to_lua(next(stream, None), charge),)
             except yaml.YAMLError as exc:
                 return (None, decode_error(exc))
             except RecursionError:
@@ -494,7 +584,7 @@ class YamlModule:
         def encode(*args: object) -> tuple[object, ...]:
             value = check_present(args, 1, "encode")
             try:
-                return (encode_document(value),)
+                return (encode_document(value, charge=charge),)
             except EncodeError as exc:
                 return (None, str(exc))
             except (yaml.YAMLError, RecursionError) as exc:
@@ -502,28 +592,31 @@ class YamlModule:
 
         def encode_next(value: object = None, explicit_start: object = False) -> tuple[object, ...]:
             try:
-                return (encode_document(value, explicit_start=bool(explicit_start)),)
+                return (encode_document(value, explicit_start=bool(explicit_start), charge=charge),)
             except EncodeError as exc:
                 return (None, str(exc))
             except (yaml.YAMLError, RecursionError) as exc:
                 return (None, f"yaml: {exc}")
 
-        def open_stream(source: bytes) -> object:
+        def open_stream(source: bytes) -> tuple[object, ...]:
+            # Every document is parsed now, so that nothing of the stream stays in Python between calls; the
+            # decoder hands them out one per call, then the error that stopped the parse, if any.
+            charge_nodes(source, charge, first_only=False)
+            parsed: list[object] = []
+            error: str | None = None
             stream = documents(source)
-
-            def next_document() -> tuple[object, ...]:
-                try:
-                    return (to_lua(next(stream)),)
-                except StopIteration:
-                    return (None, "EOF")
-                except yaml.YAMLError as exc:
-                    return (None, decode_error(exc))
-                except RecursionError:
-                    return (None, "yaml: exceeded max depth")
-                except ExcessiveAliasing:
-                    return (None, _ALIASING)
-
-            return ctx.to_lua(next_document)
+            try:
+                for document in stream:
+                    parsed.append(to_lua(document, charge))
+            except yaml.YAMLError as exc:
+                error = decode_error(exc)
+            except RecursionError:
+                error = "yaml: exceeded max depth"
+            except ExcessiveAliasing:
+                error = _ALIASING
+            finally:
+                stream.close()
+            return (dict(enumerate(parsed, start=1)), len(parsed), error)
 
         factory = lua_chunk(lua, "gopher-lua-libs.yaml", _OBJECTS)
         new_encoder, new_decoder = factory(ctx.to_lua(encode_next), ctx.to_lua(open_stream))

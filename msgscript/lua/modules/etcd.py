@@ -4,7 +4,7 @@ Return conventions of the Go msgscript: `etcd.put(key, value)` returns nil, or a
 `etcd.get(key, prefix)` (prefix is a required boolean) returns an array of KV objects in key order and
 nil, or nil and nil when nothing matches, or nil and an error; `etcd.delete(key)` returns nil, or the key
 and an error. KV objects are userdata with `kv:getKey()` and `kv:getValue()`. Requiring the module also
-defines the global `EtcdKV`, their metatable, whose `EtcdKV.new(key, value)` builds one.
+defines the global `EtcdKV`, what `getmetatable(kv)` returns, whose `EtcdKV.new(key, value)` builds one.
 
 Unlike Go, which dials a new client (never closed) on every `require`, every call goes to the daemon's
 one client (`ctx.services["etcd"]`, endpoints from -etcdurl/ETCD_ENDPOINTS) and waits at most until the
@@ -22,12 +22,16 @@ from msgscript.lua.runtime import error_text
 
 NOT_CONFIGURED = "etcd is not configured"
 
-# The KV objects are userdata sharing one metatable (newproxy), their key and value kept in a weak
-# table: like Go's, they have no fields of their own. A new metatable is made for every execution so
-# that what a script adds to EtcdKV does not outlive it.
+# The KV objects are userdata (newproxy), their key and value kept in a weak table: like Go's, they have
+# no fields of their own. Their real metatable stays hidden: Lua runs a userdata's __gc with the instruction
+# hook off, so a script able to set one could loop forever where nothing stops it. What scripts see as their
+# metatable (`getmetatable(kv)`, through the __metatable field) is EtcdKV, a plain table: its `new` and its
+# `__index` methods work as before, and methods a script adds to `EtcdKV.__index` apply to every KV; other
+# metamethods set on it have no effect. A new pair of tables is made for every execution, so that what a
+# script adds to EtcdKV does not outlive it.
 _KV_SOURCE = b"""
 local newproxy, getmetatable, setmetatable = newproxy, getmetatable, setmetatable
-local type, select, tostring, error = type, select, tostring, error
+local type, select, tostring, error, rawget = type, select, tostring, error, rawget
 
 local function arg_kind(i, n, ...)
   if i > n then return "no value" end
@@ -44,9 +48,18 @@ end
 
 return function()
   local data = setmetatable({}, {__mode = "k"})
+  local EtcdKV, methods = {}, {}
+  EtcdKV.__index = methods
   local proto = newproxy(true)
-  local EtcdKV = getmetatable(proto)
-  local methods = {}
+  local hidden = getmetatable(proto)
+  hidden.__metatable = EtcdKV
+  -- Looked up at each access, so that a script may add methods or replace EtcdKV.__index.
+  hidden.__index = function(kv, key)
+    local index = rawget(EtcdKV, "__index")
+    if type(index) == "function" then return index(kv, key) end
+    if type(index) == "table" then return index[key] end
+    return nil
+  end
 
   local function field(fname, index, n, ...)
     local pair = n > 0 and data[(...)]
@@ -64,7 +77,6 @@ return function()
 
   function methods.getKey(...) return (field("getKey", 1, select("#", ...), ...)) end
   function methods.getValue(...) return (field("getValue", 2, select("#", ...), ...)) end
-  EtcdKV.__index = methods
 
   EtcdKV.new = function(...)
     local n = select("#", ...)
@@ -83,6 +95,8 @@ return function()
   return EtcdKV, wrap
 end
 """
+_KV_BYTES = 128
+"""Charged per KV a get returns (its Lua userdata and strings), besides its key and value."""
 
 
 class EtcdModule:
@@ -123,6 +137,8 @@ class EtcdModule:
                 return (None, error_text(exc))
             if not kvs:
                 return (None, None)
+            # The Lua strings and KV objects are made with the memory cap lifted: charged first.
+            ctx.charge(sum(2 * (len(kv.key) + len(kv.value)) + _KV_BYTES for kv in kvs))
             flat = lua.table_from([part for kv in kvs for part in (kv.key, kv.value)])
             return (wrap(flat, len(kvs)), None)
 

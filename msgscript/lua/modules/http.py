@@ -22,7 +22,7 @@ import contextlib
 import os
 import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,9 @@ from yarl import URL
 
 from msgscript.durations import parse_duration
 from msgscript.lua.args import check_table, is_number, is_table
+from msgscript.lua.execution import NOT_ENOUGH_MEMORY
 from msgscript.lua.module import ModuleContext
+from msgscript.lua.modules.support import LoopCharges, raw_getter
 from msgscript.lua.runtime import error_text, lua_number_text
 
 MAX_REDIRECTS = 10
@@ -44,6 +46,20 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SENSITIVE = ("Authorization", "Www-Authenticate", "Cookie", "Cookie2")
 _DECOMPRESSED = frozenset({"gzip", "deflate", "br", "zstd"})
+BATCH_CONCURRENCY = 16
+"""Requests of one request_batch in flight at once: the daemon's connection pool serves every execution."""
+_CHUNK_BYTES = 64 * 1024
+"""Response bodies are read, and charged to the script's memory cap, this much at a time."""
+_FIELD_BYTES = 64
+"""Charged per header or cookie a request sends, besides its text."""
+_REDIRECT_BODY_BYTES = 2048
+
+Charge = Callable[[int], None]
+RawGet = Callable[[Any, object], Any]
+
+
+def _no_charge(nbytes: int) -> None:
+    pass
 
 
 class RequestError(Exception):
@@ -94,15 +110,17 @@ def _cookie_value(value: bytes) -> str:
     return kept
 
 
-def _field(table: Any, name: bytes) -> Any:
-    return table[name] if table is not None else None
-
-
-def read_request(method: object, url: object, options: object) -> _Request:
-    """Read a request's method, URL and options from Lua values, as gluahttp reads them."""
+def read_request(method: object, url: object, options: object, rawget: RawGet, charge: Charge) -> _Request:
+    """Read a request's method, URL and options from Lua values, as gluahttp reads them (options with
+    RawGet: no metamethod of the script's runs), charging what the request holds to the memory cap."""
     method_text = (_text(method) or b"").decode("utf-8", "replace").upper() or "GET"
     url_text = (_text(url) or b"").decode("utf-8", "surrogateescape")
+    charge(len(method_text) + len(url_text))
     opts = options if is_table(options) else None
+
+    def _field(table: Any, name: bytes) -> Any:
+        return rawget(table, name) if table is not None else None
+
     headers = CIMultiDict[str]()
     error: str | None = None
     if not _TOKEN.match(method_text):
@@ -114,12 +132,15 @@ def read_request(method: object, url: object, options: object) -> _Request:
         for key, value in cookies.items():
             name, text = _text(key), _text(value)
             if name is not None and text is not None:
+                charge(len(name) + len(text) + _FIELD_BYTES)
                 cookie_name = name.decode("utf-8", "replace").replace("\n", "-").replace("\r", "-")
                 pairs.append(f"{cookie_name}={_cookie_value(text)}")
         if pairs:
             headers["Cookie"] = "; ".join(pairs)
 
     query = _field(opts, b"query")
+    if isinstance(query, bytes):
+        charge(len(query))
     body = _field(opts, b"body")
     if not isinstance(body, bytes):
         body = _field(opts, b"form")
@@ -127,6 +148,8 @@ def read_request(method: object, url: object, options: object) -> _Request:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         else:
             body = None
+    if body is not None:
+        charge(len(body))
 
     timeout_s: float | None = None
     timeout = _field(opts, b"timeout")
@@ -140,7 +163,7 @@ def read_request(method: object, url: object, options: object) -> _Request:
 
     auth = _field(opts, b"auth")
     if error is None and is_table(auth):
-        user, password = auth[b"user"], auth[b"pass"]
+        user, password = rawget(auth, b"user"), rawget(auth, b"pass")
         user_text, pass_text = _text(user), _text(password)
         if user is False or password is False or user_text is None or pass_text is None:
             error = AUTH_ERROR
@@ -152,6 +175,7 @@ def read_request(method: object, url: object, options: object) -> _Request:
         for key, value in extra.items():
             name, text = _text(key), _text(value)
             if name is not None and text is not None:
+                charge(len(name) + len(text) + _FIELD_BYTES)
                 headers[canonical_header_key(_header_text(name))] = _header_text(text)
 
     return _Request(
@@ -282,7 +306,18 @@ async def _session(shared: aiohttp.ClientSession | None) -> AsyncIterator[aiohtt
         yield session
 
 
-async def _send(session: aiohttp.ClientSession, request: _Request, url: URL) -> dict[str, object]:
+async def _read_body(resp: aiohttp.ClientResponse, charge: Charge) -> bytes:
+    """The whole body, read a chunk at a time, each charged before the next is read: a body past the memory
+    cap stops the read (the connection is then closed, not reused)."""
+    chunks: list[bytes] = []
+    async for chunk in resp.content.iter_chunked(_CHUNK_BYTES):
+        charge(len(chunk))
+        chunks.append(chunk)
+    # The joined copy is the value returned to the script, which the call's accounting counts.
+    return b"".join(chunks)
+
+
+async def _send(session: aiohttp.ClientSession, request: _Request, url: URL, charge: Charge) -> dict[str, object]:
     """Send the request, following redirects, and read the final response."""
     method = request.method
     body = request.body
@@ -304,9 +339,9 @@ async def _send(session: aiohttp.ClientSession, request: _Request, url: URL) -> 
             skip_auto_headers=("Content-Type",),
             auto_decompress=decompress,
         ) as resp:
-            content = await resp.read()
             location = resp.headers.get("Location", "")
             if resp.status not in _REDIRECTS or not location:
+                content = await _read_body(resp, charge)
                 return {
                     "status_code": resp.status,
                     "body": content,
@@ -315,6 +350,11 @@ async def _send(session: aiohttp.ClientSession, request: _Request, url: URL) -> 
                     "cookies": _response_cookies(resp.headers.getall("Set-Cookie", [])),
                     "url": str(url),
                 }
+            # A redirect's body is dropped. As Go does, a small one is read so that the connection can serve
+            # the next request; leaving a bigger one unread closes the connection instead.
+            if resp.content_length is not None and resp.content_length <= _REDIRECT_BODY_BYTES:
+                charge(resp.content_length)
+                await resp.read()
             status = resp.status
         redirects += 1
         if redirects >= MAX_REDIRECTS:
@@ -340,8 +380,14 @@ async def _send(session: aiohttp.ClientSession, request: _Request, url: URL) -> 
         url = target
 
 
-async def perform(shared: aiohttp.ClientSession | None, request: _Request, limit_s: float) -> dict[str, object] | str:
-    """Run one request within limit_s seconds: the response as a dict, or the error text."""
+async def perform(
+    shared: aiohttp.ClientSession | None, request: _Request, limit_s: float, charge: Charge = _no_charge
+) -> dict[str, object] | str:
+    """Run one request within limit_s seconds: the response as a dict, or the error text.
+
+    Raises:
+        MemoryError: `charge` refused a piece of the response body.
+    """
     if request.error is not None:
         return request.error
     try:
@@ -353,7 +399,7 @@ async def perform(shared: aiohttp.ClientSession | None, request: _Request, limit
         return f"{op} {_go_quote(_shown(url))}: {DEADLINE_EXCEEDED}"
     try:
         async with asyncio.timeout(limit_s), _session(shared) as session:
-            return await _send(session, request, url)
+            return await _send(session, request, url, charge)
     except RequestError as exc:
         return str(exc)
     except TimeoutError:
@@ -380,9 +426,12 @@ class HttpModule:
             remaining = ctx.remaining_s()
             return remaining if request.timeout_s is None else min(request.timeout_s, remaining)
 
+        rawget = raw_getter(lua)
+
         def run(request: _Request) -> tuple[object, ...]:
             try:
-                outcome = ctx.call(perform(shared, request, limit(request)))
+                with LoopCharges(ctx) as charge:
+                    outcome = ctx.call(perform(shared, request, limit(request), charge))
             except TimeoutError:
                 return (None, f"{_operation(request.method)} {_go_quote(request.url)}: {DEADLINE_EXCEEDED}")
             if isinstance(outcome, str):
@@ -391,24 +440,27 @@ class HttpModule:
 
         def verb(method: str) -> Any:
             def call(url: object = None, options: object = None, *_: object) -> tuple[object, ...]:
-                return run(read_request(method.encode(), url, options))
+                return run(read_request(method.encode(), url, options, rawget, ctx.charge))
 
             return call
 
         def request(method: object = None, url: object = None, options: object = None, *_: object) -> Any:
-            return run(read_request(method, url, options))
+            return run(read_request(method, url, options, rawget, ctx.charge))
 
         def request_batch(requests: Any = None, *_: object) -> tuple[object, ...]:
             check_table(requests, 1, "request_batch")
             batch: list[_Request] = []
             for index in range(1, len(requests) + 1):
-                entry = requests[index]
+                entry = rawget(requests, index)
                 if is_table(entry):
-                    batch.append(read_request(entry[1], entry[2], entry[3]))
+                    method, url, options = rawget(entry, 1), rawget(entry, 2), rawget(entry, 3)
+                    batch.append(read_request(method, url, options, rawget, ctx.charge))
                 else:
+                    ctx.charge(_FIELD_BYTES)
                     batch.append(_Request("GET", "", None, (), None, None, error="Request must be a table"))
             try:
-                outcomes = ctx.call(_gather(shared, batch, [limit(r) for r in batch]))
+                with LoopCharges(ctx) as charge:
+                    outcomes = ctx.call(_gather(shared, batch, [limit(r) for r in batch], charge))
             except TimeoutError:
                 outcomes = [f"{_operation(r.method)} {_go_quote(r.url)}: {DEADLINE_EXCEEDED}" for r in batch]
             responses: dict[int, object] = {}
@@ -430,13 +482,34 @@ class HttpModule:
         return functions
 
 
-async def _gather(shared: Any, batch: list[_Request], limits: list[float]) -> list[dict[str, object] | str]:
-    """Run a batch's requests concurrently."""
-    async with asyncio.TaskGroup() as group:
-        tasks = [
-            group.create_task(perform(shared, request, limit_s), name=f"msgscript:http:{request.url}")
-            for request, limit_s in zip(batch, limits, strict=True)
-        ]
+async def _gather(
+    shared: Any, batch: list[_Request], limits: list[float], charge: Charge
+) -> list[dict[str, object] | str]:
+    """Run a batch's requests concurrently, at most BATCH_CONCURRENCY at a time (the connection pool is shared
+    with every other execution).
+
+    Raises:
+        MemoryError: the responses passed the memory cap (the other requests are cancelled).
+    """
+    slots = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+    async def one(request: _Request, limit_s: float, started: float) -> dict[str, object] | str:
+        async with slots:
+            # The request's own timeout counts from the batch's start, as if all were sent at once.
+            left = limit_s - (asyncio.get_running_loop().time() - started)
+            return await perform(shared, request, left, charge)
+
+    start = asyncio.get_running_loop().time()
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(one(request, limit_s, start), name=f"msgscript:http:{request.url}")
+                for request, limit_s in zip(batch, limits, strict=True)
+            ]
+    except BaseExceptionGroup as failures:
+        if failures.subgroup(MemoryError) is not None:
+            raise MemoryError(NOT_ENOUGH_MEMORY) from None
+        raise
     return [task.result() for task in tasks]
 
 

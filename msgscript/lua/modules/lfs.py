@@ -6,11 +6,13 @@ changes), and `io.open`, `os.remove` and the other `lfs` calls then resolve agai
 
 Successes return true, failures `nil, message` with Go's error texts (`mkdir x: file exists`).
 `lfs.dir` raises on a missing or non-directory path and lists entry names without `.` and `..`, as
-gopher-lfs does. `lock`, `unlock`, `lock_dir` and `setmode` raise `unimplemented function`.
+gopher-lfs does; an iterator holds its directory open until it ends or is closed (or the execution ends),
+and an execution may hold 64 open at once. `lock`, `unlock`, `lock_dir` and `setmode` raise `unimplemented function`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -19,6 +21,7 @@ from typing import Any
 
 from msgscript.lua.args import check_string, opt_number
 from msgscript.lua.module import ModuleContext
+from msgscript.lua.modules.support import HandleLimit
 from msgscript.lua.runtime import as_text
 
 _MODES = {
@@ -126,26 +129,44 @@ class LfsModule:
         def currentdir(*_: object) -> tuple[object, ...]:
             return (ctx.workdir(),)
 
+        handles = HandleLimit()
+
         def dir_(path: object = None, *_: object) -> tuple[object, ...]:
             name = check_string(path, 1, "dir")
             target = resolve(name)
             try:
                 if not stat.S_ISDIR(os.stat(target).st_mode):
                     raise RuntimeError("not a directory")
-                entries = os.scandir(target)
+                # Each iterator holds a directory open until it ends, is closed, or the execution ends.
+                if not handles.acquire():
+                    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+                try:
+                    entries = os.scandir(target)
+                except OSError:
+                    handles.release()
+                    raise
             except OSError as exc:
                 raise RuntimeError(_go_error("open", (name,), exc)) from None
-            ctx.on_close(entries.close)
+            done = False
+
+            def finish() -> None:
+                nonlocal done
+                if not done:
+                    done = True
+                    entries.close()
+                    handles.release()
+
+            ctx.on_close(finish)
 
             def step(*_: object) -> object:
                 entry = next(entries, None)
                 if entry is None:
-                    entries.close()
+                    finish()
                     return None
                 return entry.name
 
             def close(*_: object) -> bool:
-                entries.close()
+                finish()
                 return True
 
             return (step, {"next": step, "close": close})

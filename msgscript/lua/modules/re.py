@@ -14,11 +14,18 @@ pattern can make a script hang; backreferences and look-around are invalid patte
 Several matches follow Go's FindAll rules: an empty match right after a match is skipped.
 A capture that took no part in the match is the empty string, as Go's FindStringSubmatch reports it,
 except that `find` finds nothing when its first capture took no part (as gluare does).
+
+`gmatch` finds every match when it is called, as gluare does. What `gmatch` and `gsub` build (the matches
+found, the new string) counts against the script's memory cap as it grows: past it they fail with the
+Lua error `not enough memory`.
 """
 
 from __future__ import annotations
 
+import array
 import math
+import re
+import sys
 import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,7 +37,6 @@ from msgscript.lua.module import ModuleContext, lua_chunk
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False
-_QUOTED = frozenset(b"\\.+*?()|[]{}^$")
 
 # RE2's error texts, and what Go's regexp/syntax says for the same mistake.
 _GO_ERRORS = {
@@ -52,28 +58,62 @@ _GO_ERRORS = {
     "nesting depth exceeded": "expression nests too deeply",
 }
 
-# gsub with a table or a function: the replacement values are looked up and called in Lua, so that the
-# script's code runs under the sandbox's limits. `prepare` (Python) does everything else.
-_GSUB = b"""
-local type, error, unpack, concat, sub = type, error, unpack, table.concat, string.sub
-return function(prepare)
-  return function(s, pattern, repl, n)
-    local kind, a, b, c = prepare(s, pattern, repl, n)
+# gmatch, and gsub with a table or a function: the Python half finds the matches (at once, as gluare does)
+# and returns their spans packed in a string, 4 bytes a number; the Lua half cuts the captures out of the
+# script's own string and calls the replacement, so that the script's code runs under the sandbox's limits
+# and no copy of the subject outlives the call. A match is `1 + groups` pairs (1-based start, inclusive end):
+# the whole match, then each group ((1, 0), the empty string, for a group that took no part).
+_MATCHES = b"""
+local type, error, unpack, concat, sub, byte = type, error, unpack, table.concat, string.sub, string.byte
+
+local function number(spans, i)
+  local p = 4 * i - 3
+  local a, b, c, d = byte(spans, p, p + 3)
+  return a + 256 * (b + 256 * (c + 256 * d))
+end
+
+local function capture(subject, spans, base, g)
+  return sub(subject, number(spans, base + 2 * g + 1), number(spans, base + 2 * g + 2))
+end
+
+local function captures(subject, spans, base, ngroups)
+  if ngroups == 0 then return capture(subject, spans, base, 0) end
+  local list = {}
+  for g = 1, ngroups do list[g] = capture(subject, spans, base, g) end
+  return unpack(list, 1, ngroups)
+end
+
+return function(gmatch_prepare, gsub_prepare)
+  local function gmatch(s, pattern)
+    local kind, spans, ngroups, subject = gmatch_prepare(s, pattern)
+    if kind == 1 then error(spans, 2) end
+    subject = subject or s
+    local width = 2 * (ngroups + 1)
+    local count, m = #spans / (4 * width), 0
+    return function()
+      if m >= count then return nil end
+      m = m + 1
+      return captures(subject, spans, (m - 1) * width, ngroups)
+    end
+  end
+
+  local function gsub(s, pattern, repl, n)
+    local kind, a, b, c = gsub_prepare(s, pattern, repl, n)
     if kind == 0 then return a, b end
     if kind == 1 then error(a, 2) end
-    local subject, matches, ngroups = a, b, c
+    local spans, ngroups, subject = a, b, c or s
+    local width = 2 * (ngroups + 1)
+    local count = #spans / (4 * width)
     local by_table = type(repl) == "table"
     local out, nout, last = {}, 0, 1
-    for i = 1, #matches do
-      local m = matches[i]
-      local first, final = m[1], m[2]
+    for m = 1, count do
+      local base = (m - 1) * width
+      local first, final = number(spans, base + 1), number(spans, base + 2)
       local value
       if by_table then
-        if ngroups > 0 then value = repl[m[3]] else value = repl[sub(subject, first, final)] end
-      elseif ngroups > 0 then
-        value = repl(unpack(m, 3, ngroups + 2))
+        value = repl[capture(subject, spans, base, ngroups > 0 and 1 or 0)]
       else
-        value = repl(sub(subject, first, final))
+        value = repl(captures(subject, spans, base, ngroups))
       end
       local t = type(value)
       if value == nil or value == false then
@@ -86,10 +126,17 @@ return function(prepare)
       last = final + 1
     end
     out[nout + 1] = sub(subject, last)
-    return concat(out), #matches
+    return concat(out), count
   end
+
+  return gmatch, gsub
 end
 """
+# Charged per match found (the work of finding it), per number of its packed spans (the array, and its copy
+# handed to Lua), and per part of a gsub template applied.
+_MATCH_BYTES = 16
+_SPAN_BYTES = 8
+_QUOTED_BYTE = re.compile(rb"[\\.+*?()|\[\]{}^$]")
 
 
 def _integer(value: object, default: int, position: int, function: str) -> int:
@@ -150,12 +197,12 @@ def iter_matches(rx: Any, s: bytes, limit: int = -1) -> Iterator[list[tuple[int,
             yield [m.span(i) for i in groups]
 
 
-def _captures(s: bytes, spans: list[tuple[int, int]]) -> list[bytes]:
+def _captures(s: bytes | memoryview, spans: list[tuple[int, int]]) -> list[bytes]:
     """The captured strings of a match ("" for a group that took no part), or the whole match if none."""
     if len(spans) == 1:
         start, stop = spans[0]
-        return [s[start:stop]]
-    return [s[a:b] if a >= 0 else b"" for a, b in spans[1:]]
+        return [bytes(s[start:stop])]
+    return [bytes(s[a:b]) if a >= 0 else b"" for a, b in spans[1:]]
 
 
 def _is_name_char(char: str) -> bool:
@@ -193,43 +240,48 @@ def _group_number(name: bytes) -> int:
     return int(name)
 
 
-def expand(template: bytes, s: bytes, spans: list[tuple[int, int]], names: dict[bytes, int]) -> bytes:
-    """Go's Regexp.Expand: `$1`, `${1}`, `$name`, `${name}` and `$$`; unknown or unmatched groups are empty."""
-    out = bytearray()
+Template = list[bytes | int]
+"""A replacement template read once: literal text, and the numbers of the groups to insert."""
+
+
+def parse_template(template: bytes, names: dict[bytes, int], groups: int) -> Template:
+    """Read Go's Regexp.Expand syntax (`$1`, `${1}`, `$name`, `${name}`, `$$`) once for all matches; a reference
+    to a group that does not exist inserts nothing and is left out."""
+    parts: Template = []
+    literal = bytearray()
     i = 0
     while True:
         dollar = template.find(b"$", i)
         if dollar < 0:
-            out += template[i:]
-            return bytes(out)
-        out += template[i:dollar]
+            literal += template[i:]
+            break
+        literal += template[i:dollar]
         i = dollar + 1
         if template[i : i + 1] == b"$":
-            out += b"$"
+            literal += b"$"
             i += 1
             continue
         parsed = _template_name(template, i)
         if parsed is None:
-            out += b"$"
+            literal += b"$"
             continue
         name, i = parsed
         number = _group_number(name)
         if number < 0:
             number = names.get(name, -1)
-        if 0 <= number < len(spans):
-            start, stop = spans[number]
-            if start >= 0:
-                out += s[start:stop]
+        if 0 <= number <= groups:
+            if literal:
+                parts.append(bytes(literal))
+                literal.clear()
+            parts.append(number)
+    if literal:
+        parts.append(bytes(literal))
+    return parts
 
 
 def _quote(s: bytes) -> bytes:
     """Go's regexp.QuoteMeta: a backslash before each of `\\.+*?()|[]{}^$`."""
-    out = bytearray()
-    for byte in s:
-        if byte in _QUOTED:
-            out.append(0x5C)
-        out.append(byte)
-    return bytes(out)
+    return _QUOTED_BYTE.sub(rb"\\\g<0>", s)
 
 
 def _start_index(init: int, length: int) -> int:
@@ -252,7 +304,9 @@ def find(s: object = None, pattern: object = None, init: object = None, plain: o
         found = subject.find(pat, offset)
         return None if found < 0 else (found + 1, found + len(pat))
     rx = compile_pattern(pat)
-    m = rx.search(subject[offset:])
+    # A view, not a copy: the pattern sees the subject from init on (`^` matches there).
+    rest = memoryview(subject)[offset:]
+    m = rx.search(rest)
     if m is None:
         return None
     captures = [m.span(i) for i in range(1, rx.groups + 1)]
@@ -260,8 +314,7 @@ def find(s: object = None, pattern: object = None, init: object = None, plain: o
         # gluare's rule (its own tests pin it): a first capture that took no part means no match.
         return None
     start, stop = m.span()
-    rest = subject[offset:]
-    return (offset + start + 1, offset + stop, *(rest[a:b] if a >= 0 else b"" for a, b in captures))
+    return (offset + start + 1, offset + stop, *(bytes(rest[a:b]) if a >= 0 else b"" for a, b in captures))
 
 
 def match(s: object = None, pattern: object = None, init: object = None, *_: object) -> Any:
@@ -270,31 +323,47 @@ def match(s: object = None, pattern: object = None, init: object = None, *_: obj
     pat = check_string(pattern, 2, "match")
     offset = _start_index(_integer(init, 1, 3, "match"), len(subject))
     rx = compile_pattern(pat)
-    rest = subject[offset:]
+    rest = memoryview(subject)[offset:]
     m = rx.search(rest)
     if m is None:
         return None
     return tuple(_captures(rest, [m.span(i) for i in range(rx.groups + 1)]))
 
 
-def gmatch(s: object = None, pattern: object = None, *_: object) -> Callable[..., Any]:
-    """re.gmatch: an iterator over the captures (or whole matches) of successive matches."""
-    subject = check_string(s, 1, "gmatch")
-    rx = compile_pattern(check_string(pattern, 2, "gmatch"))
-    matches = iter_matches(rx, subject)
+def packed_spans(rx: Any, subject: bytes, limit: int, charge: Callable[[int], None]) -> bytes:
+    """The spans of the successive matches (see _MATCHES), 4 little-endian bytes a number, charged as found."""
+    if len(subject) >= 2**32:
+        raise ValueError("the subject is too long for a pattern search")
+    numbers = array.array("I")
+    per_match = _MATCH_BYTES + 2 * (rx.groups + 1) * _SPAN_BYTES
+    for found in iter_matches(rx, subject, limit):
+        charge(per_match)
+        for start, stop in found:
+            numbers.extend((start + 1, stop) if start >= 0 else (1, 0))
+    if sys.byteorder == "big":
+        numbers.byteswap()
+    return numbers.tobytes()
 
-    def step(*_: object) -> Any:
-        spans = next(matches, None)
-        if spans is None:
-            return None
-        return tuple(_captures(subject, spans))
 
-    return step
+def _gmatch_prepare(charge: Callable[[int], None], s: object, pattern: object) -> tuple[object, ...]:
+    """The Python half of re.gmatch: (1, error) on bad arguments, else (0, spans, groups, subject); the
+    subject comes back only when the script passed a number (Lua then cuts from the text it stands for)."""
+    try:
+        subject = check_string(s, 1, "gmatch")
+        rx = compile_pattern(check_string(pattern, 2, "gmatch"))
+    except (LuaArgumentError, ValueError) as exc:
+        return (1, str(exc))
+    return (0, packed_spans(rx, subject, -1, charge), rx.groups, None if isinstance(s, bytes) else subject)
 
 
-def _gsub_prepare(s: object = None, pattern: object = None, repl: object = None, n: object = None, *_: object) -> Any:
-    """The Python half of re.gsub: (0, result, count) for a string replacement, (1, error) on bad
-    arguments, (2, subject, matches, groups) for a table or function replacement, done in Lua."""
+def _gsub_prepare(
+    charge: Callable[[int], None], s: object, pattern: object, repl: object, n: object
+) -> tuple[object, ...]:
+    """The Python half of re.gsub: (0, result, count) for a string replacement, (1, error) on bad arguments,
+    (2, spans, groups, subject) for a table or function replacement, done in Lua (the subject as gmatch's).
+
+    What it builds is charged as it grows: the result, or the spans handed to Lua.
+    """
     try:
         subject = check_string(s, 1, "gsub")
         pat = check_string(pattern, 2, "gsub")
@@ -308,22 +377,28 @@ def _gsub_prepare(s: object = None, pattern: object = None, repl: object = None,
     if limit == 0:
         return (0, subject, 0)
     if kind in ("table", "function"):
-        rows = []
-        for spans in iter_matches(rx, subject, limit):
-            start, stop = spans[0]
-            rows.append([start + 1, stop, *(subject[a:b] if a >= 0 else b"" for a, b in spans[1:])])
-        return (2, subject, rows, rx.groups)
-    template = check_string(repl, 3, "gsub")
-    names = dict(rx.groupindex)
+        packed = packed_spans(rx, subject, limit, charge)
+        return (2, packed, rx.groups, None if isinstance(s, bytes) else subject)
+    template = parse_template(check_string(repl, 3, "gsub"), dict(rx.groupindex), rx.groups)
     out = bytearray()
     last = count = 0
     for spans in iter_matches(rx, subject, limit):
         start, stop = spans[0]
+        grown = len(out)
         out += subject[last:start]
-        out += expand(template, subject, spans, names)
+        for part in template:
+            if isinstance(part, bytes):
+                out += part
+            else:
+                begin, end = spans[part]
+                if begin >= 0:
+                    out += subject[begin:end]
+        # The text added, and the work of the match and of its template's parts, even those adding nothing.
+        charge(len(out) - grown + _MATCH_BYTES + _SPAN_BYTES * len(template))
         last = stop
         count += 1
     out += subject[last:]
+    # The copy returned is counted by the call's accounting.
     return (0, bytes(out), count)
 
 
@@ -337,11 +412,22 @@ class ReModule:
 
     name = "re"
     inline_safe = True
-    """Pure computation in linear time: scripts using it may run on the event loop."""
+    """Pure computation in linear time, its output charged as it grows: scripts using it may run on the event
+    loop (past the small budget there, they move to a worker)."""
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{find, match, gmatch, gsub, quote}`."""
-        gsub = lua_chunk(lua, "re", _GSUB)(ctx.to_lua(_gsub_prepare))
+        charge = ctx.charge
+
+        def gmatch_prepare(s: object = None, pattern: object = None, *_: object) -> Any:
+            return _gmatch_prepare(charge, s, pattern)
+
+        def gsub_prepare(
+            s: object = None, pattern: object = None, repl: object = None, n: object = None, *_: object
+        ) -> Any:
+            return _gsub_prepare(charge, s, pattern, repl, n)
+
+        gmatch, gsub = lua_chunk(lua, "re", _MATCHES)(ctx.to_lua(gmatch_prepare), ctx.to_lua(gsub_prepare))
         return {"find": find, "match": match, "gmatch": gmatch, "gsub": gsub, "quote": quote}
 
 

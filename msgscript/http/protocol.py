@@ -1,0 +1,301 @@
+"""The gateway's HTTP connections: what they serve, read timeouts, and one quiet log line for each malformed request.
+
+aiohttp bounds how long a connection may sit idle between requests, not how long a client may take to
+send one: a client that sends its headers or its body a byte at a time holds the connection as long as
+it likes. `GatewayConnection` gives each request a deadline for its headers and one for its body. It
+also answers the requests the parser rejects (bad request line, headers, chunking, Content-Length)
+with a 400 and one INFO line, where aiohttp logs an error with a traceback, and refuses the same way
+what aiohttp's parser lets through but the server does not serve: HTTP versions other than 1.0 and 1.1,
+an invalid Host, CONNECT (`request_rejection`). aiohttp has no public hook for any of it, so the
+connection class is aiohttp's `RequestHandler`, subclassed, and `GatewayRunner` is an `AppRunner`
+whose server builds these connections (and leaves request bodies undecoded, for `body.read_body`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp.http import HttpProcessingError, HttpVersion10, HttpVersion11, RawRequestMessage
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import _ErrInfo
+
+from msgscript.durations import format_duration
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = 75.0
+"""How long a kept-alive connection may wait for its next request (aiohttp's default is an hour)."""
+_PLAIN_UTF8 = "text/plain; charset=utf-8"
+
+
+class BodyReadTimeout(TimeoutError):
+    """Set on a request body that did not arrive within the body read timeout; readers of the body get it."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"request body not received within {format_duration(timeout_s)}")
+
+
+class UnsupportedVersion(HttpProcessingError):
+    """Set on a request whose HTTP version has a later major than 1: answered 505 (HTTP Version Not Supported)."""
+
+    code = 505
+
+
+# What a client's own bytes (or its leaving) can raise while a connection reads a request.
+_CLIENT_FAULTS = (HttpProcessingError, web.RequestPayloadError, BodyReadTimeout, ConnectionError)
+# RFC 9112 §3.2 wants a Host that is a valid uri-host [":" port] (RFC 3986 §3.2.2): an IP literal in brackets,
+# or a name of unreserved, sub-delims and percent-encoded characters (an IPv4 address is such a name).
+_HOST = re.compile(
+    r"(?:\[(?:[0-9A-Fa-f:.]+(?:%25[-A-Za-z0-9._~%]+)?|v[0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+)\]"
+    r"|[-A-Za-z0-9._~!$&'()*+,;=]*(?:%[0-9A-Fa-f]{2}[-A-Za-z0-9._~!$&'()*+,;=]*)*)"
+    r"(?::[0-9]*)?"
+)
+
+
+def request_rejection(message: RawRequestMessage) -> HttpProcessingError | None:
+    """Why a request the parser accepted is not served, or None; runs for every request, so it stays cheap.
+
+    Only HTTP/1.0 and HTTP/1.1 are served (HTTP/0.9 is a 400: its client could not read a status line; a later
+    major is a 505), the Host header must be valid, and CONNECT is refused: this server is no proxy.
+    """
+    version = message.version
+    if version != HttpVersion11 and version != HttpVersion10:
+        if version.major < 1:
+            return BadHttpMessage("HTTP/0.9 is not supported")
+        return UnsupportedVersion(
+            message=f"HTTP/{version.major}.{version.minor} is not supported, only HTTP/1.0 and HTTP/1.1"
+        )
+    host = message.headers.get(hdrs.HOST)
+    if host is not None and _HOST.fullmatch(host) is None:
+        return BadHttpMessage("invalid Host header")
+    if message.method == hdrs.METH_CONNECT:
+        return BadHttpMessage("CONNECT is not supported, this server is not a proxy")
+    return None
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a parser message, without its trailing colon (aiohttp adds a diagram below)."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip().rstrip(":")
+    return "malformed request"
+
+
+def _timeout_response(text: str) -> bytes:
+    """A whole `408 Request Timeout` response that closes the connection, for when no request object exists."""
+    body = text.encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\n"
+        f"Content-Type: {_PLAIN_UTF8}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class GatewayConnection(web.RequestHandler):
+    """One HTTP connection: aiohttp's handling, plus the read deadlines and quiet answers to malformed requests.
+
+    The header deadline runs from the connection's start, and from the first byte of each later request,
+    until the request's headers are complete; the body deadline runs from there until its body is. A
+    request that misses its header deadline is answered 408 and the connection closed (it is just closed
+    if it sent nothing, or after the response under way if an earlier request is still being answered).
+    A body that misses its deadline fails with BodyReadTimeout for whoever reads it (the gateway answers
+    408) and the connection closes after the response.
+    """
+
+    def __init__(self, manager: GatewayServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout_s = manager.header_timeout_s
+        self._body_timeout_s = manager.body_timeout_s
+        self._deadline: asyncio.TimerHandle | None = None
+        self._body: StreamReader | None = None  # the body being received, until it is complete
+        self._partial = False  # some bytes of a request whose headers are not complete have arrived
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the header deadline with the connection: a client that connects and says nothing is a stall too."""
+        super().connection_made(transport)
+        self._arm(self._header_timeout_s, self._headers_timed_out)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Forget the deadlines with the connection."""
+        self._disarm()
+        self._body = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse as aiohttp does, then move the deadlines along with what the bytes completed."""
+        if self._force_close or self._close:
+            super().data_received(data)
+            return
+        queued = len(self._messages)
+        super().data_received(data)
+        arrived = list(itertools.islice(self._messages, queued, None))
+        if arrived:
+            self._disarm()
+            self._partial = False
+            for index, (message, payload) in enumerate(arrived, queued):
+                if isinstance(message, RawRequestMessage):
+                    if (rejection := request_rejection(message)) is not None:
+                        # Answered like a request the parser rejected: by `handle_error`, then the connection closes
+                        # (its body, if any, is not waited for).
+                        self._messages[index] = (_ErrInfo(rejection.code, rejection, rejection.message), EMPTY_PAYLOAD)
+                        self._body = None
+                        continue
+                    self._body = None if payload.is_eof() else payload
+                else:
+                    self._fail_body(first_line(message.message))
+            if self._body is not None:
+                self._arm(self._body_timeout_s, self._body_timed_out)
+        elif self._body is not None:
+            if self._body.is_eof():
+                self._body = None
+                self._disarm()
+        elif data:
+            self._partial = True
+            if self._deadline is None:
+                # The first bytes of the next request: its headers have their deadline from now.
+                self._arm(self._header_timeout_s, self._headers_timed_out)
+
+    def _fail_body(self, reason: str) -> None:
+        """The parser rejected the bytes after a body had started (bad chunking): fail that body's readers."""
+        body, self._body = self._body, None
+        if body is None or body.is_eof():
+            return  # a rejected request of its own, answered 400 by `handle_error`
+        if body.exception() is None:
+            body.set_exception(web.RequestPayloadError(reason))
+        # Whoever reads the body answers (and logs) once; the parser's own error entry is never reached.
+        self.close()
+
+    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self._disarm()
+        self._deadline = self._loop.call_later(delay_s, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _client(self) -> str:
+        peer = self.peername
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+    def _headers_timed_out(self) -> None:
+        self._deadline = None
+        transport = self.transport
+        if transport is None:
+            return
+        limit = format_duration(self._header_timeout_s)
+        if self._request_in_progress or self._messages:
+            # An earlier request is being answered on this connection: close once its response is out.
+            log.info(
+                "HTTP request headers not received within %s client=%s, closing after the response",
+                limit,
+                self._client(),
+            )
+            self.close()
+            return
+        if self._partial:
+            log.info("HTTP request headers not received within %s client=%s, answering 408", limit, self._client())
+            transport.write(_timeout_response(f"Error: request headers not received within {limit}"))
+        else:
+            log.debug("HTTP connection sent no request within %s client=%s, closing", limit, self._client())
+        self.force_close()
+
+    def _body_timed_out(self) -> None:
+        self._deadline = None
+        body, self._body = self._body, None
+        if body is None or self.transport is None:
+            return
+        if body.exception() is None:  # not already failed (and answered) for a broken encoding, say
+            log.info(
+                "HTTP request body not received within %s client=%s",
+                format_duration(self._body_timeout_s),
+                self._client(),
+            )
+            body.set_exception(BodyReadTimeout(self._body_timeout_s))
+        self.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer a request the parser or `request_rejection` refused (4xx, 505) with one INFO line; 5xx to aiohttp."""
+        if status >= 500 and not isinstance(exc, UnsupportedVersion):
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, HttpProcessingError) and exc.message:
+            reason = first_line(exc.message)
+        else:
+            reason = first_line(message or str(exc or ""))
+        log.info("bad HTTP request client=%s: %s", self._client(), reason)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already under way when the request was found malformed")
+        response = web.Response(
+            status=status, body=f"Error: bad request: {reason}".encode(), headers={"Content-Type": _PLAIN_UTF8}
+        )
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """Log errors the client caused (a body it broke, sent too slowly or left) at debug level, once answered."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, _CLIENT_FAULTS):
+            log.debug("HTTP connection closed client=%s: %s", self._client(), first_line(str(exc)))
+            return
+        super().log_exception(*args, **kw)
+
+
+class GatewayServer(web.Server):
+    """aiohttp's server for one application, with each connection a GatewayConnection."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        header_timeout_s: float,
+        body_timeout_s: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
+
+    def __call__(self) -> web.RequestHandler:
+        """A new connection (the protocol factory the listening socket calls)."""
+        return GatewayConnection(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner serving its application through a GatewayServer."""
+
+    def __init__(self, app: web.Application, *, header_timeout_s: float, body_timeout_s: float, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", IDLE_TIMEOUT_S)
+        # Bodies reach the handlers as sent: `body.read_body` decodes every coding, strictly and within bounds.
+        kwargs["auto_decompress"] = False
+        super().__init__(app, **kwargs)
+        self._header_timeout_s = header_timeout_s
+        self._body_timeout_s = body_timeout_s
+
+    async def _make_server(self) -> web.Server:
+        # aiohttp's own server carries the application's handler and settings; serve them with our connections.
+        plain = await super()._make_server()
+        return GatewayServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            header_timeout_s=self._header_timeout_s,
+            body_timeout_s=self._body_timeout_s,
+            **plain._kwargs,
+        )

@@ -1,0 +1,362 @@
+"""The supervisor: the `msgscript` process that owns what must outlive a worker, and keeps one running.
+
+The daemon is two processes. The supervisor parses nothing and runs no script: it starts the embedded NATS
+server when one is needed, binds the HTTP port, then forks the worker (msgscript.app), which does all the
+work, and watches it:
+
+- SIGTERM, SIGINT, SIGHUP and SIGQUIT go to the worker, which drains; the supervisor then stops the
+  embedded NATS server and exits with the worker's status.
+- A worker that dies unexpectedly is started again, after a backoff that doubles up to RESTART_MAX_S.
+- A worker can ask to be replaced: when an execution stays stuck in a C call long past its deadline, only
+  a new process gets its thread back. The supervisor starts a successor on the same NATS queue group and
+  the same (inherited) listening socket; once the successor is ready, the old worker is sent SIGTERM and
+  drains as on shutdown, so nothing in flight is lost.
+
+The supervisor is single-threaded and never runs an event loop, so forking it is safe; a worker dies with
+it (PR_SET_PDEATHSIG), so killing the supervisor stops the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import logging
+import math
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from msgscript import _libc
+from msgscript.config import Settings
+from msgscript.embedded_nats import EmbeddedNats
+from msgscript.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
+HEALTHY_AFTER_S = 60.0
+"""A worker ready for this long resets the restart backoff."""
+KILL_MARGIN_S = 15.0
+"""Past the grace period plus this, workers that have not exited after SIGTERM are killed."""
+_READY = b"R"
+_REPLACE = b"X"
+
+WorkerMain = Callable[[Settings, Sequence[socket.socket], "WorkerLink"], int]
+"""Runs the worker in the forked process and returns its exit status."""
+
+
+class WorkerLink:
+    """The worker's end of its channel to the supervisor."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def ready(self) -> None:
+        """Tell the supervisor the worker serves (NATS subscriptions and HTTP are up)."""
+        self._send(_READY)
+
+    def ask_replacement(self, reason: str) -> None:
+        """Ask for a fresh worker to take over; this one will then be asked to drain."""
+        log.warning("asking the supervisor for a fresh worker process: %s", reason)
+        self._send(_REPLACE)
+
+    def _send(self, code: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._fd, code)
+
+
+class _State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    RETIRING = "retiring"
+
+
+@dataclasses.dataclass
+class _Worker:
+    pid: int
+    channel: int
+    state: _State = _State.STARTING
+    ready_at: float = 0.0
+    replaces: _Worker | None = None
+
+
+def bind_listeners(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for the HTTP gateway on every address `host` resolves to (all of them for "").
+
+    Raises:
+        ConfigError: an address cannot be bound (in use, not local, unresolvable).
+    """
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigError(f"failed to start the HTTP server on {where}: {exc}") from exc
+    listeners: list[socket.socket] = []
+    seen: set[tuple[object, ...]] = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in listeners:
+            sock.close()
+        raise ConfigError(f"failed to start the HTTP server on {where}: {exc}") from exc
+    return listeners
+
+
+class Supervisor:
+    """Runs workers for one daemon; see the module docstring."""
+
+    def __init__(self, settings: Settings, worker_main: WorkerMain) -> None:
+        self._settings = settings
+        self._worker_main = worker_main
+        self._workers: dict[int, _Worker] = {}
+        self._current: _Worker | None = None
+        self._listeners: list[socket.socket] = []
+        self._nats: EmbeddedNats | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        self._stopping = False
+        self._stop_deadline = 0.0
+        self._status: int | None = None
+        self._restart_at = 0.0
+        self._backoff_s = RESTART_MIN_S
+        self._ever_ready = False
+        self._received: set[int] = set()
+
+    def run(self) -> int:
+        """Run until shutdown; returns the exit status (the worker's, 1 when it could not start)."""
+        self._install_signals()
+        try:
+            return self._run()
+        except ConfigError as exc:
+            log.critical("%s", exc)
+            return 1
+        finally:
+            self._stop_all()
+            signal.set_wakeup_fd(-1)
+            for fd in (self._wakeup_r, self._wakeup_w):
+                os.close(fd)
+            self._selector.close()
+            for sock in self._listeners:
+                sock.close()
+            if self._nats is not None:
+                self._nats.stop()
+
+    def _run(self) -> int:
+        settings = self._settings
+        if not settings.nats_url:
+            self._nats = EmbeddedNats(settings.embedded_nats_port)
+            if not self._nats.start(should_stop=self._signalled):
+                return 0
+            self._settings = dataclasses.replace(settings, nats_url=self._nats.url)
+        self._listeners = bind_listeners(settings.http_host, settings.http_port)
+        self._spawn(replaces=None)
+        while self._status is None or self._workers:
+            self._wait_for_events()
+            if self._signalled():
+                self._begin_stop()
+            if self._stopping and time.monotonic() > self._stop_deadline:
+                for worker in self._workers.values():
+                    log.error("worker pid=%d did not stop in time, killing it", worker.pid)
+                    self._kill(worker.pid, signal.SIGKILL)
+                self._stop_deadline = math.inf
+            if not self._stopping and self._current is None and 0 < self._restart_at <= time.monotonic():
+                self._restart_at = 0.0
+                self._spawn(replaces=None)
+        return self._status
+
+    # Signals: the handlers only note them (the start-up wait for the embedded NATS server reads that); in
+    # the loop, the wakeup fd brings each signal's number.
+
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wakeup_w, False)
+        os.set_blocking(self._wakeup_r, False)
+        signal.set_wakeup_fd(self._wakeup_w)
+        for sig in (*SHUTDOWN_SIGNALS, signal.SIGCHLD):
+            signal.signal(sig, lambda signum, frame: self._received.add(signum))
+        self._selector.register(self._wakeup_r, selectors.EVENT_READ)
+
+    def _signalled(self) -> bool:
+        return not self._received.isdisjoint(SHUTDOWN_SIGNALS)
+
+    def _wait_for_events(self) -> None:
+        wake_at = min(self._restart_at or math.inf, self._stop_deadline if self._stopping else math.inf)
+        timeout = None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
+        for key, _ in self._selector.select(timeout):
+            if key.fd == self._wakeup_r:
+                with contextlib.suppress(BlockingIOError):
+                    self._received.update(os.read(key.fd, 512))
+                self._reap()
+            else:
+                self._read_channel(key.fd)
+
+    # Workers.
+
+    def _spawn(self, replaces: _Worker | None) -> None:
+        channel_r, channel_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            self._become_worker(channel_w)
+        os.close(channel_w)
+        worker = _Worker(pid=pid, channel=channel_r, replaces=replaces)
+        self._workers[pid] = worker
+        if replaces is None:
+            self._current = worker
+        self._selector.register(channel_r, selectors.EVENT_READ)
+        log.info("started worker pid=%d", pid)
+
+    def _become_worker(self, channel: int) -> NoReturn:
+        status = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (*SHUTDOWN_SIGNALS, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            _libc.die_with_parent()
+            self._selector.close()
+            for fd in (self._wakeup_r, self._wakeup_w, *(w.channel for w in self._workers.values())):
+                os.close(fd)
+            # Scripts must never wait on the daemon's terminal: their reads of stdin see its end at once.
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.close(devnull)
+            status = self._worker_main(self._settings, self._listeners, WorkerLink(channel))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            log.exception("the worker failed")
+        finally:
+            logging.shutdown()
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            # Never return into the supervisor's code, nor wait for threads stuck in scripts.
+            os._exit(status)
+
+    def _read_channel(self, fd: int) -> None:
+        worker = next((w for w in self._workers.values() if w.channel == fd), None)
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            data = b""
+        if not data or worker is None:
+            self._selector.unregister(fd)
+            return
+        for code in data:
+            if code == _READY[0]:
+                self._on_ready(worker)
+            elif code == _REPLACE[0]:
+                self._on_replace_request(worker)
+
+    def _on_ready(self, worker: _Worker) -> None:
+        if worker.state is not _State.STARTING:
+            return
+        worker.state = _State.READY
+        worker.ready_at = time.monotonic()
+        self._ever_ready = True
+        log.info("worker pid=%d ready", worker.pid)
+        old, worker.replaces = worker.replaces, None
+        if old is not None:
+            self._current = worker
+            if old.pid in self._workers and old.state is not _State.RETIRING:
+                log.info("worker pid=%d replaces pid=%d, which now drains", worker.pid, old.pid)
+                old.state = _State.RETIRING
+                self._kill(old.pid, signal.SIGTERM)
+
+    def _on_replace_request(self, worker: _Worker) -> None:
+        if self._stopping or worker is not self._current or worker.state is not _State.READY:
+            return
+        if any(w.replaces is worker for w in self._workers.values()):
+            return  # a successor is starting already
+        log.warning("worker pid=%d asked to be replaced; starting a new worker", worker.pid)
+        self._spawn(replaces=worker)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self._workers.pop(pid, None)
+            if worker is not None:
+                self._worker_exited(worker, os.waitstatus_to_exitcode(wait_status))
+            elif self._nats is not None and pid == self._nats.pid:
+                log.error("the embedded NATS server exited (%d)", os.waitstatus_to_exitcode(wait_status))
+            # Anything else is an orphan handed to us (as PID 1 in a container): reaped, nothing more.
+
+    def _worker_exited(self, worker: _Worker, code: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(worker.channel)
+        os.close(worker.channel)
+        how = f"status {code}" if code >= 0 else f"signal {-code}"
+        if self._stopping:
+            log.info("worker pid=%d exited (%s)", worker.pid, how)
+            if worker is self._current or self._status is None:
+                # Our SIGTERM can land before a starting worker handles it: that is a clean stop too.
+                self._status = 0 if code == -signal.SIGTERM else code if code >= 0 else 1
+            return
+        if worker.state is _State.RETIRING:
+            log.info("replaced worker pid=%d exited (%s)", worker.pid, how)
+            return
+        if worker.replaces is not None:
+            log.error("replacement worker pid=%d exited before it was ready (%s)", worker.pid, how)
+            return
+        self._current = None
+        if not self._ever_ready:
+            # The first start failed (bad settings, NATS unreachable, ...): the worker has logged why.
+            self._status = code if code > 0 else 1
+            self._begin_stop()
+            return
+        if time.monotonic() - worker.ready_at > HEALTHY_AFTER_S:
+            self._backoff_s = RESTART_MIN_S
+        log.error("worker pid=%d exited unexpectedly (%s); starting another in %gs", worker.pid, how, self._backoff_s)
+        self._restart_at = time.monotonic() + self._backoff_s
+        self._backoff_s = min(RESTART_MAX_S, self._backoff_s * 2)
+
+    def _begin_stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._restart_at = 0.0
+        self._stop_deadline = time.monotonic() + self._settings.grace_period_s + KILL_MARGIN_S
+        for worker in self._workers.values():
+            self._kill(worker.pid, signal.SIGTERM)
+        if self._status is None and not self._workers:
+            self._status = 0
+
+    def _stop_all(self) -> None:
+        """On the way out after an error of the supervisor's own: leave no worker behind."""
+        for pid in list(self._workers):
+            self._kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self._workers.clear()
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def supervise(settings: Settings, worker_main: WorkerMain) -> int:
+    """Run the daemon under a supervisor; returns the exit status for the command."""
+    return Supervisor(settings, worker_main).run()

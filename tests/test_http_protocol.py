@@ -1,0 +1,132 @@
+"""What the gateway's connections serve, over raw sockets: HTTP/1.0 and HTTP/1.1 only, a valid Host, no CONNECT,
+and `OPTIONS *` answered for the server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from msgscript.app import running
+from msgscript.config import Settings
+from tests.fixtures import write_fixtures
+from tests.http_wire import connection, exchange, exchange_then_closed, is_closed, read_answer
+from tests.servers import free_port, run_nats_server
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+HELLO = b"GET /funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def port(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[int]:
+    """A daemon's HTTP port."""
+    scripts, libs = write_fixtures(tmp_path_factory.mktemp("protocol"))
+    http_port = free_port()
+    async with run_nats_server() as server:
+        settings = Settings(
+            nats_url=server.url,
+            script_dir=str(scripts),
+            library_dir=str(libs),
+            http_host="127.0.0.1",
+            http_port=http_port,
+            grace_period_s=5.0,
+        )
+        async with running(settings):
+            yield http_port
+
+
+REFUSED = {
+    "HTTP/2.0": (
+        b"GET /funcs.hello HTTP/2.0\r\nHost: x\r\n\r\n",
+        505,
+        "HTTP/2.0 is not supported, only HTTP/1.0 and HTTP/1.1",
+    ),
+    "no version (HTTP/0.9)": (b"GET /funcs.hello\r\nHost: x\r\n\r\n", 400, "HTTP/0.9 is not supported"),
+    "HTTP/0.9": (b"GET /funcs.hello HTTP/0.9\r\nHost: x\r\n\r\n", 400, "HTTP/0.9 is not supported"),
+    "Host with a space": (b"GET /funcs.hello HTTP/1.1\r\nHost: a b\r\n\r\n", 400, "invalid Host header"),
+    "Host with a slash": (b"GET /funcs.hello HTTP/1.1\r\nHost: x/y\r\n\r\n", 400, "invalid Host header"),
+    "Host with an open bracket": (b"GET /funcs.hello HTTP/1.1\r\nHost: [::1\r\n\r\n", 400, "invalid Host header"),
+    "Host with a bad escape": (b"GET /funcs.hello HTTP/1.1\r\nHost: a%zz\r\n\r\n", 400, "invalid Host header"),
+    "Host with a port not a number": (b"GET /funcs.hello HTTP/1.1\r\nHost: x:y\r\n\r\n", 400, "invalid Host header"),
+    "Host in Latin-1": (b"GET /funcs.hello HTTP/1.1\r\nHost: caf\xe9\r\n\r\n", 400, "invalid Host header"),
+    "Host with userinfo": (b"GET /funcs.hello HTTP/1.1\r\nHost: u@x\r\n\r\n", 400, "invalid Host header"),
+    "invalid Host in HTTP/1.0": (b"GET /funcs.hello HTTP/1.0\r\nHost: a b\r\n\r\n", 400, "invalid Host header"),
+    "CONNECT to an authority": (
+        b"CONNECT funcs.hello:80 HTTP/1.1\r\nHost: funcs.hello:80\r\n\r\n",
+        400,
+        "CONNECT is not supported, this server is not a proxy",
+    ),
+    "CONNECT to a path": (
+        b"CONNECT /funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n",
+        400,
+        "CONNECT is not supported, this server is not a proxy",
+    ),
+}
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "reason"), REFUSED.values(), ids=REFUSED.keys())
+async def test_a_request_that_is_not_served_is_refused_and_closed(
+    port: int, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int, reason: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    answer, closed = await exchange_then_closed(port, request_bytes)
+    assert answer.status == status
+    assert answer.body == f"Error: bad request: {reason}".encode()
+    assert closed
+    records = [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith("msgscript")]
+    assert [r.getMessage() for r in records] == [f"bad HTTP request client=127.0.0.1: {reason}"]
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"x", b"", b"127.0.0.1:7643", b"[::1]:7643", b"[fe80::1%25eth0]", b"my_host.example.:80", b"a%20b", b"[v1.x]"],
+)
+async def test_a_valid_host_is_served(port: int, host: bytes) -> None:
+    answer = await exchange(port, b"GET /funcs.hello HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert answer.status == 200
+
+
+async def test_http_1_0_without_a_host_is_served(port: int) -> None:
+    answer = await exchange(port, b"GET /funcs.hello HTTP/1.0\r\n\r\n")
+    assert answer.status_line == "HTTP/1.0 200 OK"
+
+
+async def test_a_refused_request_after_a_good_one_on_the_same_connection(port: int) -> None:
+    async with connection(port) as (reader, writer):
+        writer.write(HELLO + b"GET /funcs.hello HTTP/1.1\r\nHost: a b\r\n\r\n" + HELLO)
+        assert (await read_answer(reader)).status == 200
+        refused = await read_answer(reader)
+        assert (refused.status, refused.body) == (400, b"Error: bad request: invalid Host header")
+        # The request after it is not answered: the connection closes.
+        assert await is_closed(reader)
+
+
+async def test_a_refused_request_does_not_wait_for_its_body(port: int) -> None:
+    head = b"POST /funcs.hello HTTP/2.0\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    answer, closed = await exchange_then_closed(port, head + b"only the start of it")
+    assert answer.status == 505
+    assert closed
+
+
+async def test_options_asterisk_is_an_empty_200_and_the_connection_stays_open(port: int) -> None:
+    async with connection(port) as (reader, writer):
+        writer.write(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await read_answer(reader)
+        assert answer.status_line == "HTTP/1.1 200 OK"
+        assert answer.headers["Content-Length"] == "0"
+        assert "Location" not in answer.headers
+        writer.write(HELLO)
+        assert (await read_answer(reader)).status == 200
+
+
+async def test_options_on_a_path_still_runs_the_script(port: int) -> None:
+    answer = await exchange(port, b"OPTIONS /funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.status == 200
+    (result,) = json.loads(answer.body)
+    assert base64.b64decode(result["payload"]) == b"Processed subject: funcs.hello with payload: "
