@@ -176,9 +176,18 @@ class WorkerThreads:
         self._start_thread_if_needed()
 
     def _start_thread_if_needed(self) -> None:
-        """Start a thread when more jobs wait than threads are idle, and the pool is below its size."""
+        """Start a thread when more jobs wait than threads are idle, and the pool is below its size.
+
+        Threads still stuck in abandoned jobs count too, up to as many again as the pool's size: a flood of
+        scripts that get stuck must not make threads without bound (the worker is replaced meanwhile).
+        """
         with self._lock:
-            if self._closed or len(self._workers) >= self._max_threads or self._queue.qsize() <= self._idle:
+            if (
+                self._closed
+                or len(self._workers) >= self._max_threads
+                or len(self._workers) + len(self._abandoned) >= 2 * self._max_threads
+                or self._queue.qsize() <= self._idle
+            ):
                 return
             self._count += 1
             worker = _Worker(self, f"{self._name}-{self._count}")
