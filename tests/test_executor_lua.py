@@ -612,7 +612,10 @@ async def thread_of(script: str, payload: bytes = b"", *, inline_safe: bool = Tr
 
 
 async def test_small_pure_scripts_run_on_the_event_loop() -> None:
-    assert await thread_of("function OnMessage() return where.thread() end") == threading.current_thread().name
+    # The inline budget is 0.2 ms of wall time: on a loaded machine one preemption can use it up, and the
+    # script then (rightly) moves to a worker. A fresh executor each time; one inline run proves the point.
+    names = [await thread_of("function OnMessage() return where.thread() end") for _ in range(5)]
+    assert threading.current_thread().name in names
 
 
 async def test_modules_that_may_block_run_on_workers() -> None:
