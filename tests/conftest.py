@@ -14,7 +14,7 @@ from msgscript.app import running
 from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from tests.fixtures import write_fixtures
-from tests.servers import EtcdServer, NatsServer, run_etcd, run_nats_server
+from tests.servers import EtcdServer, NatsServer, free_port, run_etcd, run_nats_server
 
 DaemonFactory = Callable[..., contextlib.AbstractAsyncContextManager[Dispatcher]]
 
@@ -57,26 +57,44 @@ def fixture_dirs(tmp_path: Path) -> tuple[Path, Path]:
     return write_fixtures(tmp_path)
 
 
+def fixture_settings(nats_url: str, scripts: Path, libs: Path, **overrides: Any) -> Settings:
+    """Settings of an in-process daemon on the fixture scripts (tests/fixtures.py); keywords override them."""
+    options: dict[str, Any] = {
+        "nats_url": nats_url,
+        "script_dir": str(scripts),
+        "library_dir": str(libs),
+        # A port of its own per daemon (tests that talk HTTP pick a free port themselves).
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "grace_period_s": 5.0,
+        "max_memory_bytes": 32 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return Settings(**options)
+
+
 @pytest.fixture
 def make_daemon(nats_server: NatsServer, fixture_dirs: tuple[Path, Path]) -> DaemonFactory:
     """Start an in-process daemon on the test NATS server and the fixture scripts; keywords override Settings."""
     scripts, libs = fixture_dirs
 
     def make(**overrides: Any) -> contextlib.AbstractAsyncContextManager[Dispatcher]:
-        options: dict[str, Any] = {
-            "nats_url": nats_server.url,
-            "script_dir": str(scripts),
-            "library_dir": str(libs),
-            # A port of its own per daemon (tests that talk HTTP pick a free port themselves).
-            "http_host": "127.0.0.1",
-            "http_port": 0,
-            "grace_period_s": 5.0,
-            "max_memory_bytes": 32 * 1024 * 1024,
-        }
-        options.update(overrides)
-        return running(Settings(**options))
+        return running(fixture_settings(nats_server.url, scripts, libs, **overrides))
 
     return make
+
+
+@contextlib.asynccontextmanager
+async def gateway_daemon(root: Path, **overrides: Any) -> AsyncIterator[int]:
+    """An in-process daemon on a nats-server of its own and the fixture scripts written under `root`, its HTTP
+    gateway on a free port of 127.0.0.1; yields that port. For module-scoped fixtures (`make_daemon` is per test)."""
+    scripts, libs = write_fixtures(root)
+    port = free_port()
+    async with (
+        run_nats_server() as server,
+        running(fixture_settings(server.url, scripts, libs, http_port=port, **overrides)),
+    ):
+        yield port
 
 
 @pytest.fixture

@@ -18,11 +18,8 @@ import brotli
 import pytest
 import pytest_asyncio
 
-from msgscript.app import running
-from msgscript.config import Settings
 from msgscript.http.body import MAX_CODINGS, BadBody, BodyTooLarge, UnsupportedCoding, content_codings, decode_body
-from tests.fixtures import write_fixtures
-from tests.servers import free_port, run_nats_server
+from tests.conftest import gateway_daemon
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 """For the tests that share the module's daemon (the `gateway` fixture)."""
@@ -107,20 +104,8 @@ def test_each_decoding_step_is_bounded() -> None:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gateway(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
     """A daemon with -max-payload LIMIT_BYTES; yields its base URL."""
-    scripts, libs = write_fixtures(tmp_path_factory.mktemp("body"))
-    port = free_port()
-    async with run_nats_server() as server:
-        settings = Settings(
-            nats_url=server.url,
-            script_dir=str(scripts),
-            library_dir=str(libs),
-            http_host="127.0.0.1",
-            http_port=port,
-            max_payload_bytes=LIMIT_BYTES,
-            grace_period_s=5.0,
-        )
-        async with running(settings):
-            yield f"http://127.0.0.1:{port}"
+    async with gateway_daemon(tmp_path_factory.mktemp("body"), max_payload_bytes=LIMIT_BYTES) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 async def post(url: str, body: bytes, *encodings: str) -> tuple[int, bytes, dict[str, str]]:

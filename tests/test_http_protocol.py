@@ -11,11 +11,8 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from msgscript.app import running
-from msgscript.config import Settings
-from tests.fixtures import write_fixtures
+from tests.conftest import gateway_daemon
 from tests.http_wire import connection, exchange, exchange_then_closed, is_closed, read_answer
-from tests.servers import free_port, run_nats_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -25,19 +22,8 @@ HELLO = b"GET /funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n"
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def port(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[int]:
     """A daemon's HTTP port."""
-    scripts, libs = write_fixtures(tmp_path_factory.mktemp("protocol"))
-    http_port = free_port()
-    async with run_nats_server() as server:
-        settings = Settings(
-            nats_url=server.url,
-            script_dir=str(scripts),
-            library_dir=str(libs),
-            http_host="127.0.0.1",
-            http_port=http_port,
-            grace_period_s=5.0,
-        )
-        async with running(settings):
-            yield http_port
+    async with gateway_daemon(tmp_path_factory.mktemp("protocol")) as http_port:
+        yield http_port
 
 
 REFUSED = {

@@ -179,26 +179,25 @@ def result_of(reply: Reply) -> tuple[str, str]:
     return (result.payload or b"").decode(), result.error
 
 
-async def settled(check: Callable[[], bool], within_s: float = SETTLE_S) -> bool:
+async def settled(check: Callable[[], bool | Awaitable[bool]], within_s: float = SETTLE_S) -> bool:
+    """Whether `check` comes true within `within_s` (asked every 0.1 s; it may be a coroutine function)."""
     deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
+    while True:
+        answer = check()
+        if answer if isinstance(answer, bool) else await answer:
             return True
+        if time.monotonic() >= deadline:
+            return False
         await asyncio.sleep(0.1)
-    return check()
 
 
-def idle(proc: Proc, window_s: float = 0.5) -> Callable[[], bool]:
-    """A check that the process uses under a fifth of a core: nothing of it still runs."""
-
-    def check() -> bool:
-        if not proc.alive():
-            return True
-        before = proc.cpu_s()
-        time.sleep(window_s)
-        return proc.alive() is False or proc.cpu_s() - before < window_s / 5
-
-    return check
+async def is_idle(proc: Proc, window_s: float = 0.5) -> bool:
+    """Whether the process uses under a fifth of a core over `window_s`: nothing of it still runs."""
+    if not proc.alive():
+        return True
+    before = proc.cpu_s()
+    await asyncio.sleep(window_s)
+    return not proc.alive() or proc.cpu_s() - before < window_s / 5
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
@@ -264,7 +263,7 @@ async def test_a_hostile_script_is_answered_in_time_and_harms_nothing(
     hostile: Hostile, name: str, expect: Callable[[str, str], bool]
 ) -> None:
     worker = await hostile.one_worker()
-    assert await settled(idle(worker)), "the worker was busy before the test"
+    assert await settled(lambda: is_idle(worker)), "the worker was busy before the test"
     fds, rss = worker.fds(), worker.memory_bytes()
 
     async def send() -> tuple[float, Reply]:
@@ -279,9 +278,10 @@ async def test_a_hostile_script_is_answered_in_time_and_harms_nothing(
 
     # Back to where it was within SETTLE_S: the same worker with its files closed, its threads idle and its
     # memory returned; or, when a thread stayed stuck in C code, a fresh worker while the old one is gone.
-    assert await settled(lambda: not worker.alive() or (worker.fds() <= fds and idle(worker)())), (
-        f"fds {worker.fds()} (was {fds}), log tail: {hostile.daemon.log[-2000:]}"
-    )
+    async def back_to_rest() -> bool:
+        return not worker.alive() or (worker.fds() <= fds and await is_idle(worker))
+
+    assert await settled(back_to_rest), f"fds {worker.fds()} (was {fds}), log tail: {hostile.daemon.log[-2000:]}"
     if worker.alive():
         assert await settled(lambda: worker.memory_bytes() < rss + 48 * 1024 * 1024)
     else:
@@ -325,7 +325,7 @@ async def test_cancelled_http_requests_stop_their_scripts(hostile: Hostile) -> N
         async with hostile.http.post(url, data=b"30") as resp:
             assert resp.status == 503
     # Nothing keeps the worker busy: each `sleep 30` was killed with its execution.
-    assert await settled(idle(worker), within_s=2)
+    assert await settled(lambda: is_idle(worker), within_s=2)
     assert not [pid for pid in worker.children() if Proc(pid).alive()]
 
 

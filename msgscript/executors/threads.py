@@ -46,7 +46,7 @@ class _State(Enum):
 
 
 class _Job(Generic[T]):
-    __slots__ = ("abandoned", "args", "fn", "future", "loop", "on_cancel", "state", "thread", "__weakref__")
+    __slots__ = ("abandoned", "args", "fn", "future", "loop", "on_cancel", "state", "thread")
 
     def __init__(
         self,
@@ -105,12 +105,6 @@ class WorkerThreads:
         """Abandoned jobs whose threads are still running."""
         with self._lock:
             return len(self._abandoned)
-
-    @property
-    def threads(self) -> int:
-        """Pool threads alive (abandoned ones not counted)."""
-        with self._lock:
-            return len(self._workers)
 
     async def __aenter__(self) -> WorkerThreads:
         return self
