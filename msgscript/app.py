@@ -18,6 +18,7 @@ from msgscript.etcd import open_etcd
 from msgscript.executors import open_executors
 from msgscript.http import http_site
 from msgscript.inflight import InFlightLimit
+from msgscript.metrics import Metrics
 from msgscript.nats_server import NatsSubscriber, connect_nats
 from msgscript.store import open_store
 from msgscript.supervisor import WorkerLink
@@ -50,14 +51,38 @@ async def running(
         lock: Lock = EtcdLock(etcd) if settings.backend == "etcd" else NoLock()
         nc = await stack.enter_async_context(connect_nats(settings))
         executors = await stack.enter_async_context(open_executors(settings, nc, etcd=etcd, on_stuck=on_stuck))
-        dispatcher = Dispatcher(store, executors, lock, script_timeout_s=settings.script_timeout_s)
-        catalog = Catalog(store)
         # One bound on the work in flight, whether it came over NATS or HTTP.
         in_flight = InFlightLimit(settings.max_in_flight)
-        await stack.enter_async_context(NatsSubscriber(nc, dispatcher, catalog, settings, in_flight=in_flight))
+        metrics = None
+        if settings.metrics:
+            # A registry per daemon, never the global one: several daemons may share a process (the tests do).
+            metrics = Metrics(
+                in_flight=lambda: in_flight.in_use,
+                in_flight_limit=in_flight.limit,
+                scripts_loaded=lambda: len(store),
+                nats_reconnects=lambda: nc.stats["reconnects"],
+            )
+        dispatcher = Dispatcher(store, executors, lock, script_timeout_s=settings.script_timeout_s, metrics=metrics)
+        catalog = Catalog(store)
+        await stack.enter_async_context(
+            NatsSubscriber(nc, dispatcher, catalog, settings, in_flight=in_flight, metrics=metrics)
+        )
+
+        def readiness() -> str:
+            # The store is loaded before the gateway listens (and through etcd outages serves what it holds).
+            return "" if nc.is_connected else "NATS disconnected"
+
         # Entered last so that it stops first: in-flight HTTP requests finish while NATS and the executors are up.
         await stack.enter_async_context(
-            http_site(dispatcher, catalog, settings, in_flight=in_flight, listeners=listeners)
+            http_site(
+                dispatcher,
+                catalog,
+                settings,
+                in_flight=in_flight,
+                listeners=listeners,
+                metrics=metrics,
+                readiness=readiness,
+            )
         )
         yield dispatcher
 

@@ -64,10 +64,12 @@ class Settings:
     podman_concurrency: int = DEFAULT_PODMAN_CONCURRENCY
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
     browse: str = DEFAULT_BROWSE
-    # Every HTTP route but /healthz wants `Authorization: Bearer <http_token>` when it is set.
+    # Every HTTP route but /healthz and /readyz wants `Authorization: Bearer <http_token>` when it is set.
     http_token: str = field(default="", repr=False)
     http_header_timeout_s: float = DEFAULT_HTTP_HEADER_TIMEOUT_S
     http_body_timeout_s: float = DEFAULT_HTTP_BODY_TIMEOUT_S
+    # Prometheus metrics recorded and served on /metrics (behind http_token when it is set).
+    metrics: bool = True
     # Connecting to a secured NATS (see docs/security.md): at most one way to authenticate, and TLS when
     # the URL is tls:// or any TLS file is given. Secrets stay out of repr().
     nats_creds_file: str = NO_FILE

@@ -7,11 +7,13 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from msgscript import tracing
 from msgscript.catalog import INTERNAL_SUBJECTS, Catalog
 from msgscript.config import NATS_CONNECT_TIMEOUT_S, Settings
 from msgscript.dispatch import Dispatcher
@@ -20,6 +22,9 @@ from msgscript.inflight import InFlightLimit
 from msgscript.message import Message, Reply, decode_message
 from msgscript.nats_connect import connect_client, nats_connect_options
 from msgscript.subjects import has_wildcards, is_valid_pattern, is_valid_subject, matches
+
+if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
+    from msgscript.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +109,17 @@ class NatsSubscriber:
     """
 
     def __init__(
-        self, nc: Client, dispatcher: Dispatcher, catalog: Catalog, settings: Settings, *, in_flight: InFlightLimit
+        self,
+        nc: Client,
+        dispatcher: Dispatcher,
+        catalog: Catalog,
+        settings: Settings,
+        *,
+        in_flight: InFlightLimit,
+        metrics: Metrics | None = None,
     ) -> None:
         self._nc = nc
+        self._metrics = metrics
         self._dispatcher = dispatcher
         self._catalog = catalog
         self._queue = settings.queue_group
@@ -220,6 +233,8 @@ class NatsSubscriber:
                 return
             if not self._queue and self._patterns and self._owner(msg.subject) != pattern:
                 return
+            if self._metrics is not None:
+                self._metrics.count_message("nats")  # on arrival, before it may wait for a slot
             await self._spawn(self._handle(msg, pattern), msg.subject)
 
         return on_message
@@ -243,13 +258,26 @@ class NatsSubscriber:
         self._in_flight.release()
 
     async def _handle(self, msg: Msg, subscription: str) -> None:
+        if not tracing.enabled():
+            await self._handle_message(msg, subscription)
+            return
+        with tracing.span(
+            "nats.handle_message",
+            kind="server",
+            parent=tracing.extract(msg.headers),  # the sender's span, when the message carries trace context
+            attributes={"nats.subject": msg.subject, "nats.message_size": len(msg.data)},
+        ):
+            await self._handle_message(msg, subscription)
+
+    async def _handle_message(self, msg: Msg, subscription: str) -> None:
         try:
             message = confine_subject(decode_message(msg.subject, msg.data), msg.subject, subscription)
             if message.is_async and msg.reply:
                 await self._nc.publish(msg.reply, _ASYNC_ACK)
             reply = await self._dispatcher.dispatch(message)
             if msg.reply:
-                await self._respond(msg.reply, reply)
+                with tracing.span("nats.handle_message.send_reply"):
+                    await self._respond(msg.reply, reply)
         except Exception:
             log.exception("failed to handle message subject=%s", msg.subject)
             if msg.reply:

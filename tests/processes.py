@@ -58,12 +58,20 @@ async def run_msgscriptcli(
     return await _run_to_end([sys.executable, launcher, *map(str, args)], timeout, env)
 
 
+async def _read_all(stream: asyncio.StreamReader) -> str:
+    return (await stream.read()).decode()
+
+
 class Daemon:
     """A `msgscript` process; `log` holds what it has written to stderr so far."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.log = ""
+        # What it prints on stdout, read all along, when it was started with stdout=True.
+        self.stdout: asyncio.Task[str] | None = None
+        if proc.stdout is not None:
+            self.stdout = asyncio.create_task(_read_all(proc.stdout))
 
     async def wait_for_log(self, text: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
         """Read the log until `text` appears; fail if the process exits or the time runs out first."""
@@ -89,14 +97,16 @@ class Daemon:
         return await asyncio.wait_for(self.proc.wait(), 30)
 
 
-async def start_daemon(*args: str, env: Mapping[str, str] | None = None, ready: str | None = READY) -> Daemon:
-    """Start `msgscript <args>`; with `ready`, wait until it logs that text."""
+async def start_daemon(
+    *args: str, env: Mapping[str, str] | None = None, ready: str | None = READY, stdout: bool = False
+) -> Daemon:
+    """Start `msgscript <args>`; with `ready`, wait until it logs that text; with `stdout`, keep what it prints."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "msgscript",
         *args,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env=command_env() if env is None else dict(env),
     )

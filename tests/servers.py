@@ -73,6 +73,14 @@ class NatsServer:
     process: asyncio.subprocess.Process
 
 
+def _read_ports(path: Path) -> dict[str, list[str]] | None:
+    try:
+        doc: dict[str, list[str]] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc
+
+
 @contextlib.asynccontextmanager
 async def run_nats_server(*extra: str, port: int = -1, config: str = "") -> AsyncIterator[NatsServer]:
     """Run nats-server on `port` (default: a random free one) until the context exits.
@@ -100,11 +108,11 @@ async def run_nats_server(*extra: str, port: int = -1, config: str = "") -> Asyn
             ports_file = Path(tmp) / f"nats-server_{proc.pid}.ports"
             loop = asyncio.get_running_loop()
             deadline = loop.time() + READY_TIMEOUT_S
-            while not ports_file.exists():
+            # The server creates the file, then writes it: wait until it holds a whole document.
+            while (doc := _read_ports(ports_file)) is None:
                 if proc.returncode is not None or loop.time() > deadline:
                     raise RuntimeError("nats-server did not start")
                 await asyncio.sleep(0.02)
-            doc = json.loads(ports_file.read_text())
             url = doc["nats"][0]
             port = int(url.rsplit(":", 1)[1])
             yield NatsServer(url=url, port=port, process=proc)

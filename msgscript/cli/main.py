@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from msgscript import config
+from msgscript import __version__, config
 from msgscript.cli.devhttp import devhttp
 from msgscript.cli.scripts import CommandFailed as CommandFailed
 from msgscript.cli.scripts import identified, register
@@ -80,6 +80,7 @@ from msgscript.store.memory import MemoryStore
 @click.option("-x", "--executor", default=None, help="Executor for dev/devhttp (default: the script's header).")
 @click.option("--script", "script_dir", default="", metavar="DIR", help="Script directory (-b file).")
 @click.option("--library", "library_dir", default="", metavar="DIR", help="Library directory (-b file).")
+@click.version_option(__version__, "--version", prog_name="msgscriptcli", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(
     ctx: click.Context,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from msgscript import _libc, config
+from msgscript import __version__, _libc, config
 from msgscript.cli.options import DURATION, SIZE, go_flag, read_secret
 from msgscript.config import Settings
 from msgscript.errors import ConfigError
@@ -223,9 +223,11 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     "http-token",
     default="",
     metavar="FILE|env:VAR",
-    help="Require Authorization: Bearer <token> on every HTTP route but /healthz; the token is read once "
-    "from FILE (trailing newline dropped) or from the environment variable VAR.",
+    help="Require Authorization: Bearer <token> on every HTTP route but /healthz and /readyz; the token is read "
+    "once from FILE (trailing newline dropped) or from the environment variable VAR.",
 )
+@go_flag("no-metrics", is_flag=True, default=False, help="Neither record nor serve Prometheus metrics (/metrics).")
+@click.version_option(__version__, "-version", "--version", prog_name="msgscript", message="%(prog)s %(version)s")
 def command(
     backend: str,
     etcdurl: str,
@@ -262,6 +264,7 @@ def command(
     browse: str,
     no_browse: bool,
     http_token: str,
+    no_metrics: bool,
 ) -> None:
     """Run Lua, WASM and Podman functions when NATS messages or HTTP requests arrive."""
     try:
@@ -321,6 +324,7 @@ def command(
         grace_period_s=grace_period,
         browse=config.BROWSE_OFF if no_browse else browse,
         http_token=token,
+        metrics=not no_metrics,
         env=env,
     )
     # Inherited by the worker processes the supervisor forks.
@@ -330,10 +334,12 @@ def command(
 
 def run_worker(settings: Settings, listeners: Sequence[socket.socket], link: WorkerLink) -> int:
     """The worker process's main: the daemon proper, until it drains; returns the exit status."""
+    from msgscript import __version__, tracing
     from msgscript.app import serve
 
     try:
-        run_async(serve(settings, listeners=listeners, link=link))
+        with tracing.configured(settings.env, __version__):
+            run_async(serve(settings, listeners=listeners, link=link))
     except ConfigError as exc:
         log.critical("%s", exc)
         return 1

@@ -1,4 +1,4 @@
-"""Who may use what over HTTP: the browse modes, the bearer token, and the health check that needs neither."""
+"""Who may use what over HTTP: the browse modes, the bearer token, and the health checks that need neither."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ from aiohttp.typedefs import Handler, Middleware
 
 from msgscript.config import BROWSE_LOCAL, BROWSE_OFF, BROWSE_PUBLIC
 from msgscript.http import pages
+from msgscript.http.keys import READINESS
 
 log = logging.getLogger(__name__)
 
 HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
+METRICS_PATH = "/metrics"
+OPEN_PATHS = frozenset({HEALTHZ_PATH, READYZ_PATH})
+"""The routes that answer without the bearer token: probes hold no secret and cannot be given one."""
 _PLAIN_UTF8 = "text/plain; charset=utf-8"
 
 
@@ -67,12 +72,12 @@ def _digest(token: bytes) -> bytes:
 
 
 def bearer_token_middleware(token: str) -> Middleware:
-    """Answer 401 to every request but `/healthz` that lacks `Authorization: Bearer <token>`."""
+    """Answer 401 to every request but the health checks (OPEN_PATHS) that lacks `Authorization: Bearer <token>`."""
     expected = _digest(token.encode("utf-8", "surrogateescape"))
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == HEALTHZ_PATH:
+        if request.path in OPEN_PATHS:
             return await handler(request)
         scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
@@ -92,3 +97,11 @@ def bearer_token_middleware(token: str) -> Middleware:
 async def handle_healthz(request: web.Request) -> web.Response:
     """200 `ok` while the HTTP server runs: for container and load-balancer health checks."""
     return web.Response(body=b"ok", headers={"Content-Type": _PLAIN_UTF8})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """200 `ready` while the daemon can serve (NATS connected, scripts loaded); 503 `not ready: <reason>` otherwise."""
+    reason = request.app[READINESS]()
+    if reason:
+        return web.Response(status=503, body=f"not ready: {reason}".encode(), headers={"Content-Type": _PLAIN_UTF8})
+    return web.Response(body=b"ready", headers={"Content-Type": _PLAIN_UTF8})

@@ -8,6 +8,7 @@ import logging
 from aiohttp import web
 from multidict import CIMultiDict
 
+from msgscript import tracing
 from msgscript.catalog import INTERNAL_SUBJECTS, Catalog, CatalogMiss, InvalidCatalogRequest
 from msgscript.config import DEFAULT_HTTP_TIMEOUT_S
 from msgscript.dispatch import no_scripts_error
@@ -15,7 +16,7 @@ from msgscript.durations import parse_duration
 from msgscript.errors import StoreError
 from msgscript.http.access import may_browse
 from msgscript.http.body import BadBody, BodyError, body_error_response, read_body
-from msgscript.http.keys import CATALOG, DISPATCHER, IN_FLIGHT, SETTINGS, TASKS
+from msgscript.http.keys import CATALOG, DISPATCHER, IN_FLIGHT, METRICS, SETTINGS, TASKS
 from msgscript.message import Message, Reply, Result
 from msgscript.subjects import is_valid_subject
 
@@ -177,6 +178,26 @@ def not_found(subject: str) -> web.Response:
 
 async def handle_gateway(request: web.Request) -> web.Response:
     """Run the scripts of the subject named by the first path segment and answer their results."""
+    if not tracing.enabled():
+        return await _gateway(request)
+    attributes = {
+        "http.method": request.method,
+        "http.url": request_target(request),
+        "http.remote_addr": request.remote or "",
+        "http.request.body_size": request.content_length or 0,
+    }
+    parent = tracing.extract(request.headers)  # the caller's span, when the request carries trace context
+    with tracing.span("http.request", kind="server", http=True, parent=parent, attributes=attributes) as span:
+        response = await _gateway(request)
+        if span is not None:
+            span.set_attribute("http.status_code", response.status)
+            span.set_attribute("http.response.body_size", response.content_length or 0)
+            if response.status >= 500:
+                tracing.fail(span, f"HTTP {response.status}")
+        return response
+
+
+async def _gateway(request: web.Request) -> web.Response:
     subject = first_segment(request.path)
     # Debug, not info as in Go: a log line per request costs more than the rest of the request.
     log.debug("Received HTTP request subject=%s client=%s", subject, request.remote)
@@ -204,6 +225,9 @@ async def handle_gateway(request: web.Request) -> web.Response:
     except StoreError as exc:
         log.error("store lookup failed subject=%s: %s", subject, exc)
         return text_response(500, f"Error: failed to get scripts for subject: {exc}")
+    metrics = app.get(METRICS)
+    if metrics is not None:
+        metrics.count_message("http")  # a request for a subject with scripts, whether it runs or gets a 503
     message = Message(
         subject=subject,
         payload=body,

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from aiohttp import web
@@ -17,13 +18,34 @@ from msgscript.config import BROWSE_MODES, BROWSE_OFF, Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
 from msgscript.http import pages
-from msgscript.http.access import HEALTHZ_PATH, bearer_token_middleware, browse_page, handle_healthz
+from msgscript.http.access import (
+    HEALTHZ_PATH,
+    METRICS_PATH,
+    READYZ_PATH,
+    bearer_token_middleware,
+    browse_page,
+    handle_healthz,
+    handle_readyz,
+)
 from msgscript.http.gateway import handle_gateway
-from msgscript.http.keys import CATALOG, DISPATCHER, IN_FLIGHT, README_HTML, SETTINGS, TASKS
+from msgscript.http.keys import (
+    CATALOG,
+    DISPATCHER,
+    IN_FLIGHT,
+    METRICS,
+    READINESS,
+    README_HTML,
+    SETTINGS,
+    TASKS,
+    Readiness,
+)
 from msgscript.http.protocol import GatewayRunner
 from msgscript.http.readme import render_readme
 from msgscript.http.tasks import DispatchTasks
 from msgscript.inflight import InFlightLimit
+
+if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
+    from msgscript.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +95,26 @@ async def handle_favicon(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def handle_metrics_off(request: web.Request) -> web.Response:
+    """What `/metrics` answers under `-no-metrics`: the path stays ours rather than reaching a `metrics` subject."""
+    return web.Response(status=404, text="404: Not Found", content_type="text/plain", charset="utf-8")
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """The daemon's metrics, in the format the scraper's `Accept` asks for (Prometheus text or OpenMetrics),
+    compressed when its `Accept-Encoding` allows."""
+    from prometheus_client.exposition import choose_encoder
+
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    response = web.Response(body=encode(request.app[METRICS].registry), headers={"Content-Type": content_type})
+    response.enable_compression()
+    return response
+
+
+def _always_ready() -> str:
+    return ""
+
+
 def build_app(
     dispatcher: Dispatcher,
     catalog: Catalog,
@@ -80,10 +122,15 @@ def build_app(
     *,
     in_flight: InFlightLimit | None = None,
     readme_html: str = "",
+    metrics: Metrics | None = None,
+    readiness: Readiness = _always_ready,
 ) -> web.Application:
-    """The aiohttp application: `/healthz`, the browse pages (as `settings.browse` allows) and the function gateway.
+    """The aiohttp application: `/healthz`, `/readyz`, `/metrics`, the browse pages (as `settings.browse` allows)
+    and the function gateway.
 
-    `in_flight` is the bound the gateway shares with NATS; without one the application gets its own.
+    `in_flight` is the bound the gateway shares with NATS; without one the application gets its own. `metrics`
+    are served on `/metrics` (without them it answers 404); `readiness` tells `/readyz` why the daemon cannot
+    serve, if it cannot.
 
     Raises:
         ConfigError: `settings.browse` is not one of `local`, `public`, `off`.
@@ -101,8 +148,16 @@ def build_app(
     app[TASKS] = DispatchTasks()
     app[IN_FLIGHT] = in_flight or InFlightLimit(settings.max_in_flight)
     app[README_HTML] = readme_html
+    app[READINESS] = readiness
     router = app.router
+    # Exact paths, registered before the gateway: a subject of the same name is reached as /<subject>/... only.
     router.add_route("*", HEALTHZ_PATH, handle_healthz)
+    router.add_route("*", READYZ_PATH, handle_readyz)
+    if metrics is None:
+        router.add_route("*", METRICS_PATH, handle_metrics_off)
+    else:
+        app[METRICS] = metrics
+        router.add_route("*", METRICS_PATH, handle_metrics)
     router.add_route("*", "/favicon.ico", handle_favicon)
     # The README has no script data, but it follows the browse mode with the pages it links to.
     router.add_route("*", "/", browse_page(pages.handle_readme, browse))
@@ -122,11 +177,21 @@ async def http_site(
     *,
     in_flight: InFlightLimit,
     listeners: Sequence[socket.socket] = (),
+    metrics: Metrics | None = None,
+    readiness: Readiness = _always_ready,
 ) -> AsyncIterator[web.AppRunner]:
     """Serve HTTP on `listeners` (sockets bound already, shared with the supervisor and the other workers), or
     else on `settings.http_host:http_port`; on exit stop accepting and let in-flight requests finish."""
     readme_html = await asyncio.to_thread(render_readme) if settings.browse != BROWSE_OFF else ""
-    app = build_app(dispatcher, catalog, settings, in_flight=in_flight, readme_html=readme_html)
+    app = build_app(
+        dispatcher,
+        catalog,
+        settings,
+        in_flight=in_flight,
+        readme_html=readme_html,
+        metrics=metrics,
+        readiness=readiness,
+    )
     runner = GatewayRunner(
         app,
         handle_signals=False,

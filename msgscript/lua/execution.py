@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import logging
 import os
 import shutil
@@ -43,6 +44,7 @@ class Execution:
         "_charged",
         "_cleanups",
         "_context",
+        "_task_context",
         "_cwd",
         "_globals",
         "_limit",
@@ -74,6 +76,8 @@ class Execution:
         self._workdir: str | None = None
         self._cwd: str | None = None
         self._context: ModuleContext | None = None
+        # Made on the event loop, in the task that runs the script.
+        self._task_context = contextvars.copy_context()
         self._cleanups: list[Callable[[], object]] = []
         self._globals: dict[str, object] = {}
         self._waits: set[concurrent.futures.Future[Any]] = set()
@@ -149,6 +153,7 @@ class Execution:
                 set_global=self._globals.__setitem__,
                 charge=self.charge,
                 waits=self._waits,
+                context=self._task_context,
             )
         return self._context
 

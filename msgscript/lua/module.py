@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import time
 from collections.abc import Callable, Coroutine, Mapping, MutableSet
 from dataclasses import dataclass
@@ -51,6 +52,9 @@ class ModuleContext:
     such a module may spend on the event loop."""
     waits: MutableSet[concurrent.futures.Future[Any]]
     """The calls to the event loop in progress (see `call`), cancelled when the execution is."""
+    context: contextvars.Context
+    """The context variables of the task that started the execution (its trace span among them): the
+    coroutines `call` runs on the event loop see them."""
 
     def remaining_s(self) -> float:
         """Seconds left before the execution's deadline (never negative)."""
@@ -64,7 +68,8 @@ class ModuleContext:
             concurrent.futures.CancelledError: the execution was cancelled meanwhile.
         """
         limit = self.remaining_s() if timeout_s is None else min(timeout_s, self.remaining_s())
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        # The task that runs the coroutine takes its context from where it is scheduled.
+        future = self.context.run(asyncio.run_coroutine_threadsafe, coro, self.loop)
         self.waits.add(future)
         try:
             return future.result(limit)

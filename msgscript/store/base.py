@@ -50,3 +50,7 @@ class Store(Protocol):
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) whenever the set of scripts changes."""
         ...
+
+    def __len__(self) -> int:
+        """The number of scripts held."""
+        ...

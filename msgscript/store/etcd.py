@@ -108,6 +108,10 @@ class EtcdStore:
             follower.cancel()
             await asyncio.wait({follower})
 
+    def __len__(self) -> int:
+        """The number of scripts held in memory."""
+        return len(self._memory)
+
     @property
     def revision(self) -> int:
         """The etcd revision the memory reflects (for the keys under `msgscript/`)."""

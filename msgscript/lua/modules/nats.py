@@ -4,12 +4,14 @@
 (msgscriptcli dev), or `false, "Failed to publish message: <err>"`, as in the Go msgscript.
 `nats.request(subject, data [, timeout_s])` is ours (scripts calling scripts): it returns the reply data
 and nil, or nil and an error. The timeout defaults to 5 s and never outlasts the script's deadline.
+Both carry the script's trace context in their headers when tracing is on.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from msgscript import tracing
 from msgscript.lua.args import check_string, is_number, opt_string
 from msgscript.lua.module import ModuleContext
 from msgscript.lua.runtime import error_text
@@ -20,6 +22,19 @@ NOT_CONNECTED = "Not connected to NATS"
 
 def _subject(value: bytes) -> str:
     return value.decode("utf-8", "replace")
+
+
+# Run on the event loop in the execution's context, so that the script's span is the parent of these.
+
+
+async def _publish(nc: Any, subject: str, data: bytes) -> None:
+    with tracing.span("nats.publish", kind="producer", attributes={"nats.subject": subject}):
+        await nc.publish(subject, data, headers=tracing.headers())
+
+
+async def _request(nc: Any, subject: str, data: bytes, timeout: float) -> Any:
+    with tracing.span("nats.request", kind="client", attributes={"nats.subject": subject}):
+        return await nc.request(subject, data, timeout=timeout, headers=tracing.headers())
 
 
 class NatsModule:
@@ -37,7 +52,7 @@ class NatsModule:
             if nc is None:
                 return (False, NOT_CONNECTED)
             try:
-                ctx.call(nc.publish(_subject(subject_b), data_b))
+                ctx.call(_publish(nc, _subject(subject_b), data_b))
             except Exception as exc:
                 return (False, f"Failed to publish message: {error_text(exc)}")
             return (True,)
@@ -56,7 +71,7 @@ class NatsModule:
             if timeout <= 0:
                 return (None, "nats: timeout")
             try:
-                reply = ctx.call(nc.request(_subject(subject_b), data_b, timeout=timeout))
+                reply = ctx.call(_request(nc, _subject(subject_b), data_b, timeout))
             except Exception as exc:
                 return (None, error_text(exc))
             return (bytes(reply.data), None)
