@@ -18,6 +18,7 @@ from msgscript.etcd import open_etcd
 from msgscript.executors import open_executors
 from msgscript.http import http_site
 from msgscript.inflight import InFlightLimit
+from msgscript.jetstream import DurableConsumers
 from msgscript.metrics import Metrics
 from msgscript.nats_server import NatsSubscriber, connect_nats
 from msgscript.store import open_store
@@ -67,6 +68,9 @@ async def running(
         await stack.enter_async_context(
             NatsSubscriber(nc, dispatcher, catalog, settings, in_flight=in_flight, metrics=metrics)
         )
+        durable = await stack.enter_async_context(
+            DurableConsumers(nc, dispatcher, settings, in_flight=in_flight, metrics=metrics)
+        )
 
         def readiness() -> str:
             # The store is loaded before the gateway listens (and through etcd outages serves what it holds).
@@ -82,6 +86,7 @@ async def running(
                 listeners=listeners,
                 metrics=metrics,
                 readiness=readiness,
+                durable=durable,
             )
         )
         yield dispatcher

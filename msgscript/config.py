@@ -12,6 +12,9 @@ DEFAULT_HTTP_PORT = 7643
 DEFAULT_HTTP_HOST = "0.0.0.0"
 DEFAULT_SCRIPT_DIR = "."
 DEFAULT_QUEUE_GROUP = "msgscript"
+DEFAULT_STREAM = "MSGSCRIPT"
+"""The JetStream stream the daemon keeps for its durable scripts (docs/durable.md)."""
+DEFAULT_DLQ_PREFIX = "msgscript.dlq"
 EMBEDDED_NATS_HOST = "127.0.0.1"
 EMBEDDED_NATS_PORT = 4222
 DEFAULT_SCRIPT_TIMEOUT_S = 120.0
@@ -55,6 +58,8 @@ class Settings:
     script_dir: str = DEFAULT_SCRIPT_DIR
     embedded_nats_port: int = EMBEDDED_NATS_PORT
     queue_group: str = DEFAULT_QUEUE_GROUP
+    stream: str = DEFAULT_STREAM
+    dlq_prefix: str = DEFAULT_DLQ_PREFIX
     script_timeout_s: float = DEFAULT_SCRIPT_TIMEOUT_S
     max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES

@@ -62,6 +62,8 @@ class Dispatcher:
                 log.error("store lookup failed subject=%s: %s", message.subject, exc)
                 tracing.fail(span, str(exc))
                 return Reply(error=f"failed to get scripts for subject: {exc}")
+        # Durable scripts run from their stream (msgscript.jetstream), never for a core message or an HTTP request.
+        scripts = [script for script in scripts if not script.durable]
         if not scripts:
             return Reply(error=no_scripts_error(message.subject))
         with tracing.span("nats.handle_message.run_scripts"):

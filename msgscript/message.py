@@ -33,6 +33,8 @@ class Message:
     is_async: bool = False
     raw: bool = False
     executor: str = ""
+    delivery: Delivery | None = None
+    """Where the message stands in its JetStream stream, for durable scripts only."""
 
     def to_json(self) -> bytes:
         """Encode as the Go Message envelope (what the Go HTTP gateway sends over NATS)."""
@@ -41,6 +43,31 @@ class Message:
             f'"method":{go_string(self.method)},"payload":{_go_bytes(self.payload)},'
             f'"raw":{_go_bool(self.raw)},"subject":{go_string(self.subject)},"url":{go_string(self.url)}}}'
         ).encode()
+
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+"""The header of a JetStream message's id: a stream stores a message only once per id (within its window)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A durable message's place in its stream: the third argument of a durable script's `OnMessage`."""
+
+    id: str
+    """The publisher's `Nats-Msg-Id`, else the stream sequence as text: the key for idempotent effects."""
+    sequence: int
+    delivery: int
+    """1 for the first delivery, 2 for the first redelivery, …"""
+    stream: str
+
+    def to_lua(self) -> dict[bytes, object]:
+        """The fields as the Lua table's keys and values (bytes for strings, as the sandbox's runtime wants)."""
+        return {
+            b"id": self.id.encode("utf-8", "surrogateescape"),
+            b"sequence": self.sequence,
+            b"delivery": self.delivery,
+            b"stream": self.stream.encode(),
+        }
 
 
 _MESSAGE_FIELDS: dict[str, type] = {

@@ -22,7 +22,7 @@ from msgscript.script import Script
 Outcome = Literal["ok", "error", "timeout", "cancelled"]
 """How one script run ended: a result without error, one with an error, past its deadline (or its lock's), or
 cancelled because nobody waited for its result any more."""
-Source = Literal["nats", "http"]
+Source = Literal["nats", "http", "jetstream"]
 
 DURATION_BUCKETS_S = (
     *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
@@ -75,7 +75,7 @@ class Metrics:
         self._in_flight_limit = in_flight_limit
         self._scripts_loaded = scripts_loaded
         self._nats_reconnects = nats_reconnects
-        self._messages: dict[Source, int] = {"nats": 0, "http": 0}
+        self._messages: dict[Source, int] = {"nats": 0, "http": 0, "jetstream": 0}
         self._runs: dict[tuple[str, str, str, Outcome], int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._lock_wait = _Histogram(LOCK_WAIT_BUCKETS_S)
@@ -128,7 +128,8 @@ class Metrics:
         yield duration
         messages = CounterMetricFamily(
             "msgscript_messages",
-            "Messages arrived for script subjects over NATS, and gateway requests for subjects with scripts.",
+            "Messages arrived for script subjects over NATS, gateway requests for subjects with scripts, and "
+            "deliveries to durable scripts from JetStream.",
             labels=("source",),
         )
         for source, count in list(self._messages.items()):

@@ -201,11 +201,12 @@ class NatsSubscriber:
         """Subscribe subjects the store gained and unsubscribe the ones it lost."""
         async with self._sync_lock:
             wanted: set[str] = set()
-            for subject in await self._dispatcher.store.subjects():
-                if is_valid_pattern(subject):
-                    wanted.add(subject)
-                else:
+            store = self._dispatcher.store
+            for subject in await store.subjects():
+                if not is_valid_pattern(subject):
                     log.warning("not subscribing invalid subject %r", subject)
+                elif not all(s.durable for s in await store.scripts_for(subject) if s.subject == subject):
+                    wanted.add(subject)  # durable scripts run from their stream (msgscript.jetstream) only
             current = set(self._subs) - set(INTERNAL_SUBJECTS)
             for subject in sorted(current - wanted):
                 self._release(subject, self._subs.pop(subject))

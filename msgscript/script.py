@@ -14,7 +14,12 @@ HEADER_PREFIX = "--*"
 _UPSTREAM_KEYS = frozenset({"subject", "name", "require", "html", "http", "executor"})
 # Our own headers stay in the content, so they survive a round trip through the
 # upstream Script JSON (which has no field for them) and read as comments to Go.
-_EXTENSION_KEYS = frozenset({"timeout", "lock"})
+_EXTENSION_KEYS = frozenset({"timeout", "lock", "durable", "stream", "retries", "backoff"})
+
+DEFAULT_RETRIES = 5
+"""Deliveries of a durable message after the first, when the script says nothing (`--* retries: N`)."""
+DEFAULT_BACKOFF_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
+"""Delays before the redeliveries of a failed durable message (`--* backoff: 1s,5s`); the last one repeats."""
 
 _TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 
@@ -36,6 +41,12 @@ class Script:
     libraries: tuple[str, ...] = ()
     timeout_s: float | None = None
     lock: bool = False
+    durable: bool = False
+    """Triggered from JetStream, at least once (docs/durable.md), instead of core NATS."""
+    stream: str = ""
+    """The user's stream a durable script consumes from; empty: the daemon's own (`-stream`)."""
+    retries: int = DEFAULT_RETRIES
+    backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
 
     @property
     def executor_name(self) -> str:
@@ -127,7 +138,32 @@ def _with_extensions(script: Script, ext: dict[str, str]) -> Script:
         if timeout_s <= 0:
             raise ScriptParseError(f"invalid timeout header {raw!r}: must be positive")
     lock = parse_bool(ext.get("lock", "").strip())
-    return replace(script, timeout_s=timeout_s, lock=lock)
+    durable = parse_bool(ext.get("durable", "").strip())
+    stream = ext.get("stream", "").strip()
+    if stream and not _is_stream_name(stream):
+        raise ScriptParseError(f"invalid stream header {stream!r}: a stream name has no spaces, '.', '*', '>', '/'")
+    retries = DEFAULT_RETRIES
+    if "retries" in ext:
+        raw = ext["retries"].strip()
+        if not raw.isdigit():
+            raise ScriptParseError(f"invalid retries header {raw!r}: expected a number of redeliveries (0 or more)")
+        retries = int(raw)
+    backoff_s = DEFAULT_BACKOFF_S
+    if "backoff" in ext:
+        raw = ext["backoff"].strip()
+        try:
+            backoff_s = tuple(parse_duration(part.strip()) for part in raw.split(","))
+        except ValueError as exc:
+            raise ScriptParseError(f"invalid backoff header {raw!r}: {exc}") from exc
+        if any(delay < 0 for delay in backoff_s):
+            raise ScriptParseError(f"invalid backoff header {raw!r}: delays cannot be negative")
+    return replace(
+        script, timeout_s=timeout_s, lock=lock, durable=durable, stream=stream, retries=retries, backoff_s=backoff_s
+    )
+
+
+def _is_stream_name(name: str) -> bool:
+    return not any(c in name for c in " \t.*>/\\") and name.isprintable()
 
 
 def parse_script(text: str) -> Script:

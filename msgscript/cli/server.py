@@ -154,6 +154,18 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     help="NATS queue group shared by instances; empty means every instance runs every message.",
 )
 @go_flag(
+    "stream",
+    default=config.DEFAULT_STREAM,
+    show_default=True,
+    help="JetStream stream that captures the durable scripts' subjects (created when missing).",
+)
+@go_flag(
+    "dlq-prefix",
+    default=config.DEFAULT_DLQ_PREFIX,
+    show_default=True,
+    help="Subject prefix of the dead letters of durable scripts (<prefix>.<subject>).",
+)
+@go_flag(
     "timeout",
     type=DURATION,
     default="2m",
@@ -252,6 +264,8 @@ def command(
     library: str,
     script: str,
     queue_group: str,
+    stream: str,
+    dlq_prefix: str,
     timeout: float,
     max_memory: int,
     max_payload: int,
@@ -314,6 +328,8 @@ def command(
         library_dir=library,
         script_dir=script,
         queue_group=queue_group,
+        stream=stream,
+        dlq_prefix=dlq_prefix,
         script_timeout_s=timeout,
         max_memory_bytes=max_memory,
         max_payload_bytes=max_payload,

@@ -203,6 +203,7 @@ class LuaExecutor:
                 args=(first, message.payload),
                 execution=execution,
                 inline_until=inline_until,
+                meta=None if message.delivery is None or script.html else message.delivery.to_lua(),
             )
         finally:
             execution.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -16,9 +18,12 @@ from msgscript.durations import parse_duration
 from msgscript.errors import StoreError
 from msgscript.http.access import may_browse
 from msgscript.http.body import BadBody, BodyError, body_error_response, read_body
-from msgscript.http.keys import CATALOG, DISPATCHER, IN_FLIGHT, METRICS, SETTINGS, TASKS
-from msgscript.message import Message, Reply, Result
+from msgscript.http.keys import CATALOG, DISPATCHER, DURABLE, IN_FLIGHT, METRICS, SETTINGS, TASKS
+from msgscript.message import MSG_ID_HEADER, Message, Reply, Result
 from msgscript.subjects import is_valid_subject
+
+if TYPE_CHECKING:
+    from msgscript.jetstream import DurableConsumers
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,22 @@ def not_found(subject: str) -> web.Response:
     return text_response(404, f"Error: no script found for subject {subject}")
 
 
+async def durable_response(durable: DurableConsumers, request: web.Request, subject: str, body: bytes) -> web.Response:
+    """Publish a request for durable scripts into their stream: 202 with where it was stored, once it is stored.
+
+    The request's `Nats-Msg-Id` or `Idempotency-Key` header becomes the message id, so that a client retrying
+    after a lost answer does not store the message twice.
+    """
+    msg_id = request.headers.get(MSG_ID_HEADER, "") or request.headers.get("Idempotency-Key", "")
+    try:
+        ack = await durable.publish(subject, body, msg_id)
+    except Exception as exc:
+        log.warning("durable publish failed subject=%s: %s", subject, exc)
+        return text_response(503, f"Error: the message could not be stored: {exc or type(exc).__name__}")
+    document = {"stream": ack.stream, "seq": ack.seq, "duplicate": bool(ack.duplicate)}
+    return web.Response(status=202, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
+
+
 async def handle_gateway(request: web.Request) -> web.Response:
     """Run the scripts of the subject named by the first path segment and answer their results."""
     if not tracing.enabled():
@@ -220,11 +241,14 @@ async def _gateway(request: web.Request) -> web.Response:
         return await catalog_response(app[CATALOG], subject, body)
     dispatcher = app[DISPATCHER]
     try:
-        if not await dispatcher.store.scripts_for(subject):
-            return not_found(subject)
+        scripts = await dispatcher.store.scripts_for(subject)
     except StoreError as exc:
         log.error("store lookup failed subject=%s: %s", subject, exc)
         return text_response(500, f"Error: failed to get scripts for subject: {exc}")
+    if not scripts:
+        return not_found(subject)
+    if all(script.durable for script in scripts) and DURABLE in app:
+        return await durable_response(app[DURABLE], request, subject, body)
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.count_message("http")  # a request for a subject with scripts, whether it runs or gets a 503

@@ -14,6 +14,7 @@ from msgscript.http.tasks import DispatchTasks
 from msgscript.inflight import InFlightLimit
 
 if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
+    from msgscript.jetstream import DurableConsumers
     from msgscript.metrics import Metrics
 
 Readiness = Callable[[], str]
@@ -28,3 +29,5 @@ README_HTML = web.AppKey("readme_html", str)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 """Set only when the daemon records metrics."""
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+DURABLE: web.AppKey[DurableConsumers] = web.AppKey("durable")
+"""Where a request for a subject of durable scripts is published; set by the daemon."""

@@ -31,6 +31,7 @@ from msgscript.http.gateway import handle_gateway
 from msgscript.http.keys import (
     CATALOG,
     DISPATCHER,
+    DURABLE,
     IN_FLIGHT,
     METRICS,
     READINESS,
@@ -45,6 +46,7 @@ from msgscript.http.tasks import DispatchTasks
 from msgscript.inflight import InFlightLimit
 
 if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
+    from msgscript.jetstream import DurableConsumers
     from msgscript.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,7 @@ def build_app(
     readme_html: str = "",
     metrics: Metrics | None = None,
     readiness: Readiness = _always_ready,
+    durable: DurableConsumers | None = None,
 ) -> web.Application:
     """The aiohttp application: `/healthz`, `/readyz`, `/metrics`, the browse pages (as `settings.browse` allows)
     and the function gateway.
@@ -149,6 +152,8 @@ def build_app(
     app[IN_FLIGHT] = in_flight or InFlightLimit(settings.max_in_flight)
     app[README_HTML] = readme_html
     app[READINESS] = readiness
+    if durable is not None:
+        app[DURABLE] = durable
     router = app.router
     # Exact paths, registered before the gateway: a subject of the same name is reached as /<subject>/... only.
     router.add_route("*", HEALTHZ_PATH, handle_healthz)
@@ -179,6 +184,7 @@ async def http_site(
     listeners: Sequence[socket.socket] = (),
     metrics: Metrics | None = None,
     readiness: Readiness = _always_ready,
+    durable: DurableConsumers | None = None,
 ) -> AsyncIterator[web.AppRunner]:
     """Serve HTTP on `listeners` (sockets bound already, shared with the supervisor and the other workers), or
     else on `settings.http_host:http_port`; on exit stop accepting and let in-flight requests finish."""
@@ -191,6 +197,7 @@ async def http_site(
         readme_html=readme_html,
         metrics=metrics,
         readiness=readiness,
+        durable=durable,
     )
     runner = GatewayRunner(
         app,

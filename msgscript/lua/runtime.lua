@@ -813,12 +813,14 @@ local function handler(msg)
   return tb
 end
 
-local cur_fn, cur_a, cur_b
+local cur_fn, cur_a, cur_b, cur_c
 
 -- The locals are named so that tracebacks say "in function 'OnMessage'" (or 'method').
 local function invoke_message()
   local OnMessage = cur_fn
-  local r = OnMessage(cur_a, cur_b)
+  local r
+  -- A durable message's metadata is a third argument; other messages call with two, as always.
+  if cur_c ~= nil then r = OnMessage(cur_a, cur_b, cur_c) else r = OnMessage(cur_a, cur_b) end
   if type(r) == "string" then return r end
   return nil
 end
@@ -859,13 +861,13 @@ local function failure(code, was_inline, err)
 end
 
 local function finish_call(was_inline, ok, ...)
-  cur_fn, cur_a, cur_b = nil, nil, nil
+  cur_fn, cur_a, cur_b, cur_c = nil, nil, nil, nil
   cleanup()
   if ok then return 0, ... end
   return failure(3, was_inline, (...))
 end
 
-local function run(chunk, html, fname, a, b, run_inline)
+local function run(chunk, html, fname, a, b, c, run_inline)
   -- Only Python calls the driver; a script reaching it again would run without its deadline.
   if active then error("msgscript: the Lua driver is already running", 0) end
   expired, escalated, in_hook, inline = false, false, false, run_inline
@@ -893,12 +895,12 @@ local function run(chunk, html, fname, a, b, run_inline)
     if escalated then return 5 end
     return 2
   end
-  cur_fn, cur_a, cur_b = fn, a, b
+  cur_fn, cur_a, cur_b, cur_c = fn, a, b, c
   return finish_call(run_inline, xpcall(html and invoke_html or invoke_message, handler))
 end
 
 local function reset()
-  cur_fn, cur_a, cur_b = nil, nil, nil
+  cur_fn, cur_a, cur_b, cur_c = nil, nil, nil, nil
   cleanup()
 end
 

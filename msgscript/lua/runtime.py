@@ -224,11 +224,13 @@ class LuaSandbox:
         args: tuple[bytes, bytes],
         execution: Execution,
         inline_until: float = 0.0,
+        meta: Mapping[bytes, object] | None = None,
     ) -> Outcome:
         """Run the chunk made of `sources` (joined by newlines) in a fresh environment, then call `entry`.
 
-        `key` identifies the sources in the compile cache. The entry global is called with `args`; in
-        HTML mode its three results come back converted (body, status, then header keys and values).
+        `key` identifies the sources in the compile cache. The entry global is called with `args`, and `meta`
+        as a third argument (a table) when there is one; in HTML mode its three results come back converted
+        (body, status, then header keys and values).
         With `inline_until` (a time.monotonic() value) the execution is inline: it ends with ESCALATE
         when it runs past that time or first reaches for something that may block or have effects
         outside Lua (files, commands, print, modules other than `inline_modules`).
@@ -244,8 +246,10 @@ class LuaSandbox:
         self._current = execution
         self._inline_until = inline_until
         self._escalate = False
+        # Made before the cap goes on, like the arguments lupa pushes.
+        extra = None if meta is None else lua.table_from(meta)
         try:
-            raw = self._driver(chunk, html, entry, args[0], args[1], inline)
+            raw = self._driver(chunk, html, entry, args[0], args[1], extra, inline)
         except LuaError as exc:
             # Only a memory error or a late timeout in the driver's own bookkeeping gets here.
             lua.set_max_memory(0)

@@ -4,7 +4,10 @@
 (msgscriptcli dev), or `false, "Failed to publish message: <err>"`, as in the Go msgscript.
 `nats.request(subject, data [, timeout_s])` is ours (scripts calling scripts): it returns the reply data
 and nil, or nil and an error. The timeout defaults to 5 s and never outlasts the script's deadline.
-Both carry the script's trace context in their headers when tracing is on.
+`nats.jspublish(subject, data [, msg_id])` publishes into the JetStream stream capturing the subject and
+returns the stream sequence once the message is stored, or nil and an error; `msg_id` becomes its
+`Nats-Msg-Id` (a stream stores a message only once per id). All three carry the script's trace context in
+their headers when tracing is on.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from msgscript import tracing
 from msgscript.lua.args import check_string, is_number, opt_string
 from msgscript.lua.module import ModuleContext
 from msgscript.lua.runtime import error_text
+from msgscript.message import MSG_ID_HEADER
 
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 NOT_CONNECTED = "Not connected to NATS"
@@ -35,6 +39,13 @@ async def _publish(nc: Any, subject: str, data: bytes) -> None:
 async def _request(nc: Any, subject: str, data: bytes, timeout: float) -> Any:
     with tracing.span("nats.request", kind="client", attributes={"nats.subject": subject}):
         return await nc.request(subject, data, timeout=timeout, headers=tracing.headers())
+
+
+async def _jspublish(nc: Any, subject: str, data: bytes, msg_id: str, timeout: float) -> int:
+    with tracing.span("nats.jspublish", kind="producer", attributes={"nats.subject": subject}):
+        headers = tracing.headers({MSG_ID_HEADER: msg_id} if msg_id else None)
+        ack = await nc.jetstream().publish(subject, data, headers=headers, timeout=timeout)
+        return int(ack.seq)
 
 
 class NatsModule:
@@ -76,7 +87,25 @@ class NatsModule:
                 return (None, error_text(exc))
             return (bytes(reply.data), None)
 
-        return {"publish": publish, "request": request}
+        def jspublish(
+            subject: object = None, data: object = None, msg_id: object = None, *_: object
+        ) -> tuple[object, ...]:
+            subject_b = check_string(subject, 1, "jspublish")
+            data_b = check_string(data, 2, "jspublish")
+            id_b = opt_string(msg_id, 3, "jspublish")
+            if nc is None:
+                return (None, NOT_CONNECTED)
+            timeout = min(DEFAULT_REQUEST_TIMEOUT_S, ctx.remaining_s())
+            if timeout <= 0:
+                return (None, "nats: timeout")
+            msg_id_text = id_b.decode("utf-8", "replace") if id_b else ""
+            try:
+                sequence = ctx.call(_jspublish(nc, _subject(subject_b), data_b, msg_id_text, timeout))
+            except Exception as exc:
+                return (None, error_text(exc))
+            return (sequence, None)
+
+        return {"publish": publish, "request": request, "jspublish": jspublish}
 
 
 module = NatsModule()
