@@ -138,7 +138,8 @@ def _with_extensions(script: Script, ext: dict[str, str]) -> Script:
         if timeout_s <= 0:
             raise ScriptParseError(f"invalid timeout header {raw!r}: must be positive")
     lock = parse_bool(ext.get("lock", "").strip())
-    durable = parse_bool(ext.get("durable", "").strip())
+    # An HTML-mode script answers HTTP methods; a durable message has none.
+    durable = parse_bool(ext.get("durable", "").strip()) and not script.html
     stream = ext.get("stream", "").strip()
     if stream and not _is_stream_name(stream):
         raise ScriptParseError(f"invalid stream header {stream!r}: a stream name has no spaces, '.', '*', '>', '/'")

@@ -40,11 +40,14 @@ _SDK_ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_
 class _Tracing:
     """The process's tracers and propagator while tracing is on."""
 
-    __slots__ = ("http", "main", "propagator", "provider")
+    __slots__ = ("current_span", "http", "kinds", "main", "propagator", "provider")
 
     def __init__(self, provider: TracerProvider) -> None:
         from opentelemetry import propagate
+        from opentelemetry.trace import SpanKind, get_current_span
 
+        self.current_span = get_current_span
+        self.kinds = {kind.name.lower(): kind for kind in SpanKind}
         self.provider = provider
         self.main: Tracer = provider.get_tracer(MAIN_TRACER)
         self.http: Tracer = provider.get_tracer(HTTP_TRACER)
@@ -78,10 +81,13 @@ def span(
     on = _on
     if on is None:
         return _OFF
-    from opentelemetry.trace import SpanKind
-
+    current = on.current_span()
+    if parent is None and current.get_span_context().is_valid and not current.is_recording():
+        # Inside a trace the sampler left out: its children would be left out too, so none is made (the
+        # context passed on is the unsampled parent's, which tells the next hop not to sample either).
+        return _OFF
     tracer = on.http if http else on.main
-    return tracer.start_as_current_span(name, context=parent, kind=SpanKind[kind.upper()], attributes=attributes)
+    return tracer.start_as_current_span(name, context=parent, kind=on.kinds[kind], attributes=attributes)
 
 
 def extract(headers: Mapping[str, str] | None) -> Context | None:

@@ -352,6 +352,7 @@ def test_durable_headers() -> None:
     assert (script.durable, script.retries, script.backoff_s) == (True, 0, (1.0, 90.0))
     # Our headers stay in the content, so that they survive a round trip through etcd.
     assert "--* durable: true" in script.content
+    assert not parse_script("--* subject: a\n--* html: true\n--* durable: true\n").durable
     for bad in ("retries: -1", "retries: two", "backoff: soon", "backoff: 1s,,2s", "stream: A.B", "stream: a b"):
         with pytest.raises(ScriptParseError):
             parse_script(f"--* subject: a\n--* {bad}\n")

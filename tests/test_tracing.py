@@ -267,3 +267,27 @@ async def test_without_an_endpoint_spans_are_printed_to_stdout(scripts: Path, na
     printed = await asyncio.wait_for(daemon.stdout, 10)
     assert '"name": "lua.execute_script"' in printed
     assert '"script.name": "back"' in printed
+
+
+async def test_a_trace_the_caller_did_not_sample_is_not_recorded_here_either(
+    receiver: tuple[Receiver, int], scripts: Path, nats_server: NatsServer
+) -> None:
+    collector, collector_port = receiver
+    unsampled_id, _, unsampled = new_parent()
+    unsampled = unsampled[:-2] + "00"
+    sampled_id, _, sampled = new_parent()
+    async with traced_daemon(scripts, nats_server, collector_port) as port:
+        async with aiohttp.ClientSession() as http:
+            for traceparent in (unsampled, sampled):
+                url = f"http://127.0.0.1:{port}/trace.front"
+                async with http.post(url, data=b"hi", headers={"traceparent": traceparent}) as resp:
+                    assert resp.status == 200
+
+        def complete(spans: list[Span]) -> bool:
+            return sum(s.name == "lua.execute_script" and s.trace_id == sampled_id for s in spans) == 2
+
+        await collector.wait_for(complete)
+    # The script's request carried the unsampled context on: the answering side recorded nothing either.
+    assert [s.name for s in collector.spans if s.trace_id == unsampled_id] == []
+    # Nor did it start a trace of its own: the one answering span is the sampled request's.
+    assert [s.trace_id for s in collector.spans if s.name == "nats.handle_message"] == [sampled_id]
