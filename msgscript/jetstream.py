@@ -67,6 +67,19 @@ def covered(subject: str, patterns: Sequence[str]) -> bool:
     return any(pattern != subject and matches(pattern, subject) for pattern in patterns)
 
 
+def position(msg: Msg) -> tuple[str, int, int]:
+    """The stream, stream sequence and delivery count of a JetStream message, read from its reply subject
+    (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…`, with a domain and an account hash before the
+    stream in the newer form). nats-py's `metadata` reads the same and more, at several times the cost."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:
+        return tokens[2], int(tokens[5]), int(tokens[4])
+    if len(tokens) >= 11:
+        return tokens[4], int(tokens[7]), int(tokens[6])
+    meta = msg.metadata
+    return meta.stream, meta.sequence.stream, meta.num_delivered
+
+
 def retry_delay_s(script: Script, delivery: int) -> float:
     """The delay before the redelivery that follows failed delivery number `delivery` (1-based)."""
     backoff = script.backoff_s
@@ -113,6 +126,9 @@ class DurableConsumers:
         self._metrics = metrics
         self._consumers: dict[str, _Consumer] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
+        # The deliveries whose script runs now: their message, and when its ack wait was last renewed.
+        self._running: dict[asyncio.Task[Any] | None, tuple[Msg, float]] = {}
+        self._keeper: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
         self._resync: asyncio.Task[None] | None = None
         self._dirty = False
@@ -125,6 +141,7 @@ class DurableConsumers:
             log.error("failed to set up the durable scripts' consumers, trying again: %s", exc)
             self._schedule_sync()
         self._dispatcher.store.add_listener(self._schedule_sync)
+        self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress(), name="msgscript:in-progress")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -144,6 +161,8 @@ class DurableConsumers:
                 task.cancel()  # each gives its message back before it ends
             if pending:
                 await asyncio.wait(pending, timeout=SETTLE_TIMEOUT_S + 1)
+        if self._keeper is not None:
+            self._keeper.cancel()
 
     async def publish(self, subject: str, payload: bytes, msg_id: str = "") -> api.PubAck:
         """Publish into the stream capturing `subject` and wait for it to be stored (the HTTP gateway's way in)."""
@@ -303,25 +322,25 @@ class DurableConsumers:
             await self._run_delivery(consumer.script, msg, headers)
 
     async def _run_delivery(self, script: Script, msg: Msg, headers: dict[str, str]) -> None:
-        meta = msg.metadata
-        sequence = meta.sequence.stream
+        stream, sequence, delivered = position(msg)
         delivery = Delivery(
-            id=headers.get(MSG_ID_HEADER) or str(sequence),
-            sequence=sequence,
-            delivery=meta.num_delivered,
-            stream=meta.stream,
+            id=headers.get(MSG_ID_HEADER) or str(sequence), sequence=sequence, delivery=delivered, stream=stream
         )
         message = Message(subject=msg.subject, payload=msg.data, delivery=delivery)
+        task = asyncio.current_task()
+        self._running[task] = (msg, asyncio.get_running_loop().time())  # see _keep_in_progress
         try:
-            result = await self._run_keeping_alive(script, message, msg)
+            result = await self._dispatcher.run(script, message)
         except asyncio.CancelledError:
             # The daemon stops past its grace period: another instance gets the message at once.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(msg.nak(), SETTLE_TIMEOUT_S)
             raise
+        finally:
+            del self._running[task]
         try:
             if not result.error:
-                await asyncio.wait_for(msg.ack(), SETTLE_TIMEOUT_S)
+                await msg.ack()  # a publish: it does not wait for the server
             elif delivery.delivery <= script.retries:
                 delay = retry_delay_s(script, delivery.delivery)
                 log.info(
@@ -343,17 +362,18 @@ class DurableConsumers:
             return
         await self._reply(headers, result)
 
-    async def _run_keeping_alive(self, script: Script, message: Message, msg: Msg) -> Result:
-        run = asyncio.ensure_future(self._dispatcher.run(script, message))
-        try:
-            while True:
-                done, _ = await asyncio.wait({run}, timeout=PROGRESS_EVERY_S)
-                if done:
-                    return run.result()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(msg.in_progress(), SETTLE_TIMEOUT_S)
-        finally:
-            run.cancel()
+    async def _keep_in_progress(self) -> None:
+        """Mark the messages of scripts running for PROGRESS_EVERY_S in progress, so that the server does not
+        redeliver them mid-run; one task for all of them, rather than a timer per delivery."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S / 2)
+            now = loop.time()
+            for task, (msg, renewed) in list(self._running.items()):
+                if now - renewed >= PROGRESS_EVERY_S and task in self._running:
+                    self._running[task] = (msg, now)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(msg.in_progress(), SETTLE_TIMEOUT_S)
 
     async def _dead_letter(self, script: Script, msg: Msg, delivery: Delivery, error: str) -> None:
         """Store the message under the dead-letter subject, with why and after how many deliveries it failed."""
@@ -379,16 +399,16 @@ class DurableConsumers:
         )
 
     async def _reply(self, headers: dict[str, str], result: Result) -> None:
-        reply = Reply(results=(result,))
         target = headers.get(REPLY_TO_HEADER, "")
         if not target:
-            log.debug("durable reply: %s", reply.to_json())
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("durable reply: %s", Reply(results=(result,)).to_json())
             return
         if not is_valid_subject(target):
             log.info("not replying to the invalid %s subject %r", REPLY_TO_HEADER, target)
             return
         try:
-            await self._nc.publish(target, reply.to_json())
+            await self._nc.publish(target, Reply(results=(result,)).to_json())
         except Exception as exc:
             log.warning("could not publish the durable reply to %s: %s", target, exc)
 

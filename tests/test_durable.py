@@ -17,6 +17,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js import api
 
+from msgscript import jetstream
 from msgscript.app import running
 from msgscript.errors import ScriptParseError
 from msgscript.jetstream import consumer_name, covered, retry_delay_s
@@ -368,3 +369,34 @@ def test_stream_subjects_never_overlap() -> None:
     assert covered("a.b.c", ["a.>"])
     assert not covered("a.*", ["a.*"])
     assert not covered("b.c", ["a.>"])
+
+
+SLOW = (
+    """--* subject: durable.slow
+--* name: slow
+--* durable: true
+"""
+    + RECORD
+    + """
+function OnMessage(subject, payload, meta)
+    record("slow", subject, payload, meta)
+    nats.request("held.slow", "", 3)  -- the test never answers: 3 s, past the shortened ack wait
+    return "slow done"
+end
+"""
+)
+
+
+async def test_a_long_run_is_kept_in_progress_and_not_redelivered(
+    js_server: NatsServer, scripts: Path, nc: nats.NATS, seen: Seen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jetstream, "ACK_WAIT_S", 1.0)
+    monkeypatch.setattr(jetstream, "PROGRESS_EVERY_S", 0.4)
+    (scripts / "slow.lua").write_text(SLOW)
+    held = await nc.subscribe("held.slow", cb=Inbox().keep)
+    async with durable_daemon(js_server, scripts):
+        await nc.jetstream().publish("durable.slow", b"s")
+        await seen.wait_for("slow", 1)
+        await consumer_settled(nc, "durable.slow", "slow")
+    await held.unsubscribe()
+    assert len(seen.of("slow")) == 1

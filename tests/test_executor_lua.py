@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from msgscript.errors import ScriptError, ScriptTimeout
+from msgscript.executors import lua as lua_executor
 from msgscript.executors.base import RunContext
 from msgscript.executors.lua import LuaExecutor
 from msgscript.lua.module import LuaModule, ModuleContext
@@ -638,6 +639,23 @@ async def test_modules_that_may_block_run_on_workers() -> None:
 async def test_heavy_or_outside_work_moves_to_a_worker(work: str) -> None:
     name = await thread_of(f"function OnMessage() {work} return where.thread() end")
     assert name.startswith("msgscript-lua")
+
+
+async def test_a_moved_script_is_tried_inline_again_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Heavy only for the payload "heavy": it moves on that run, and is light on the others.
+    script = """local where = require("where")
+        function OnMessage(s, p)
+            if p == "heavy" then local n = 0 for i = 1, 3e6 do n = n + 1 end end
+            return where.thread()
+        end
+    """
+    async with make_executor(modules={"where": WhereAmI(True)}) as ex:
+        assert (await run(ex, script, b"heavy")).payload.startswith(b"msgscript-lua")
+        # Within the retry delay it stays on workers, light as it is now.
+        assert (await run(ex, script, b"light")).payload.startswith(b"msgscript-lua")
+        monkeypatch.setattr(lua_executor, "RETRY_INLINE_AFTER_S", 0.0)
+        names = [(await run(ex, script, b"light")).payload for _ in range(5)]
+    assert threading.current_thread().name.encode() in names
 
 
 async def test_large_payloads_go_to_a_worker() -> None:

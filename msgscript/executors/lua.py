@@ -36,6 +36,9 @@ INLINE_BUDGET_S = 0.0002
 """How long an execution may run on the event loop before it moves to a worker thread."""
 INLINE_MAX_PAYLOAD_BYTES = 64 * 1024
 """Bigger payloads go straight to a worker: one C call over them could hold the event loop too long."""
+RETRY_INLINE_AFTER_S = 10.0
+"""How long a script that had to move runs on workers before it is tried inline again. The budget is counted
+in wall-clock time, so a fast script preempted on a busy machine moves too; it comes back after this."""
 _REMEMBERED_SCRIPTS = 4096
 _INT64 = 2**63
 
@@ -74,7 +77,8 @@ class LuaExecutor:
     execution starts on the event loop with a CPU budget of INLINE_BUDGET_S. If it runs longer, or
     reaches for anything that may block or act outside Lua (a module that is not `inline_safe`, `io`,
     commands, `print`), it is abandoned at that point, before any effect, and run again from the start
-    on a worker thread; that script then always runs on workers. Each thread has its own runtime.
+    on a worker thread; that script then runs on workers for RETRY_INLINE_AFTER_S before it is tried inline
+    again. Each thread has its own runtime.
 
     The event loop never waits for a worker past the execution's deadline (see WorkerThreads): an
     execution stuck in one long C call is answered with the timeout error and left to end on its own.
@@ -110,7 +114,8 @@ class LuaExecutor:
         self._on_stuck = on_stuck
         self._pool: WorkerThreads | None = None
         self._local = threading.local()
-        self._on_workers: set[object] = set()
+        # Scripts that had to move to a worker, and when: they run there for RETRY_INLINE_AFTER_S.
+        self._on_workers: dict[object, float] = {}
 
     async def __aenter__(self) -> LuaExecutor:
         self._pool = WorkerThreads(self._threads, name="msgscript-lua", on_stuck=self._on_stuck)
@@ -133,18 +138,22 @@ class LuaExecutor:
         pool = self._pool
         if pool is None:
             raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
-        if time.monotonic() >= ctx.deadline:
+        now = time.monotonic()
+        if now >= ctx.deadline:
             raise ScriptTimeout(timeout_error(ctx))
         loop = asyncio.get_running_loop()
         # Keyed by the parts, not their concatenation: the parts' hashes are cached by the strings.
         key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
-        if key not in self._on_workers and len(message.payload) <= INLINE_MAX_PAYLOAD_BYTES:
+        moved = self._on_workers.get(key)
+        if (moved is None or now - moved > RETRY_INLINE_AFTER_S) and len(message.payload) <= INLINE_MAX_PAYLOAD_BYTES:
             result = self._execute(script, message, ctx, self._execution(ctx, loop), key, True)
             if result is not None:
+                if moved is not None:
+                    del self._on_workers[key]
                 return result
             if len(self._on_workers) >= _REMEMBERED_SCRIPTS:
                 self._on_workers.clear()
-            self._on_workers.add(key)
+            self._on_workers[key] = now
         execution = self._execution(ctx, loop)
         try:
             result = await pool.run(
