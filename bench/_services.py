@@ -147,9 +147,11 @@ async def run_service(name: str, argv: Sequence[str], log_dir: Path, cwd: Path) 
 
 
 @contextlib.asynccontextmanager
-async def run_nats_server(work_dir: Path) -> AsyncIterator[NatsServer]:
-    """Start nats-server on free client and monitoring ports of 127.0.0.1."""
+async def run_nats_server(work_dir: Path, jetstream: bool = False) -> AsyncIterator[NatsServer]:
+    """Start nats-server on free client and monitoring ports of 127.0.0.1; with JetStream, stored under `work_dir`."""
     argv = [find_nats_server(), "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "--ports_file_dir", str(work_dir)]
+    if jetstream:
+        argv += ["-js", "-sd", str(work_dir / "jetstream")]
     async with run_service("nats-server", argv, work_dir, work_dir) as service:
         ports_file = work_dir / f"nats-server_{service.pid}.ports"
         try:
