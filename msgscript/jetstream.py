@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -52,6 +53,9 @@ SETTLE_TIMEOUT_S = 5.0
 """How long an acknowledgement or a dead letter may take before it is given up (the message then comes back)."""
 RESYNC_RETRY_S = 5.0
 """How long to wait before trying again to set up a stream or consumer that failed (NATS away, say)."""
+STATUS_HEADER = "Status"
+PULL_ENDED = frozenset({"404", "408"})
+"""The statuses that end a pull request in the normal way: no messages now, or its expiry came."""
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -273,53 +277,83 @@ class DurableConsumers:
         )
 
     async def _fetch_loop(self, name: str, consumer: _Consumer) -> None:
-        """Fetch for one consumer while the daemon runs, never more messages than there are free in-flight slots."""
-        subscription: Any = None
-        while True:
-            try:
-                if subscription is None:
-                    subscription = await self._js.pull_subscribe_bind(durable=name, stream=consumer.stream)
-                free = self._in_flight.limit - self._in_flight.in_use
-                if free <= 0:
-                    # Everything is busy: wait for a slot to come free, then let it go again for the fetch below.
-                    await self._in_flight.acquire()
-                    self._in_flight.release()
-                    continue
-                try:
-                    batch = await subscription.fetch(min(free, MAX_BATCH), timeout=FETCH_WAIT_S)
-                except TimeoutError:
-                    continue
-                for msg in batch:
-                    await self._in_flight.acquire()
-                    task = asyncio.get_running_loop().create_task(self._deliver(consumer, msg))
-                    self._deliveries.add(task)
-                    task.add_done_callback(self._delivered)
-            except asyncio.CancelledError:
-                if subscription is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(subscription.unsubscribe(), SETTLE_TIMEOUT_S)
-                raise
-            except Exception as exc:
-                log.warning("fetching for durable script=%s failed, trying again: %s", consumer.script.name, exc)
-                subscription = None
-                await asyncio.sleep(RESYNC_RETRY_S)
+        """Pull for one consumer while the daemon runs, never more messages than there are free in-flight slots.
 
-    def _delivered(self, task: asyncio.Task[None]) -> None:
-        self._deliveries.discard(task)
-        self._in_flight.release()
+        One pull request at a time, answered into an inbox whose callback starts each delivery as it arrives
+        (nats-py's `fetch` waits for the messages one by one, which cost a task each). A request ends when
+        its batch has come, or with a status (408 when it expires empty-handed, 409 when the consumer went).
+        """
+        pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{consumer.stream}.{name}"
+        inbox = self._nc.new_inbox()
+        ended = asyncio.Event()
+        wanted = 0
+        status = ""
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal wanted, status
+            code = msg.headers.get(STATUS_HEADER) if msg.headers else None
+            if code is not None and not msg.reply:
+                status = code
+                ended.set()
+                return
+            wanted -= 1
+            if wanted <= 0:
+                ended.set()
+            self._start(consumer, msg)
+
+        subscription = await self._nc.subscribe(inbox, cb=on_msg)
+        request = {"expires": int(FETCH_WAIT_S * 1e9)}
+        try:
+            while True:
+                try:
+                    free = self._in_flight.limit - self._in_flight.in_use
+                    if free <= 0:
+                        # Everything is busy: wait for a slot to come free, then let it go again for the pull.
+                        await self._in_flight.acquire()
+                        self._in_flight.release()
+                        continue
+                    wanted, status = min(free, MAX_BATCH), ""
+                    ended.clear()
+                    await self._nc.publish(pull_subject, json.dumps({**request, "batch": wanted}).encode(), inbox)
+                    # The server ends an unfinished request at its expiry; the extra second covers a lost answer.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ended.wait(), FETCH_WAIT_S + 1)
+                    if status and status not in PULL_ENDED:
+                        log.warning("pulling for durable script=%s: status %s", consumer.script.name, status)
+                        await asyncio.sleep(RESYNC_RETRY_S)
+                        await self._ensure_consumer(name, consumer.script, consumer.stream)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("pulling for durable script=%s failed, trying again: %s", consumer.script.name, exc)
+                    await asyncio.sleep(RESYNC_RETRY_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(subscription.unsubscribe(), SETTLE_TIMEOUT_S)
+
+    def _start(self, consumer: _Consumer, msg: Msg) -> None:
+        task = asyncio.get_running_loop().create_task(self._deliver(consumer, msg))
+        self._deliveries.add(task)
+        task.add_done_callback(self._deliveries.discard)
 
     async def _deliver(self, consumer: _Consumer, msg: Msg) -> None:
-        """Run one delivery, then acknowledge it, give it back for a retry, or dead-letter it."""
-        if self._metrics is not None:
-            self._metrics.count_message("jetstream")
-        headers = msg.headers or {}
-        if not tracing.enabled():
-            await self._run_delivery(consumer.script, msg, headers)
-            return
-        attributes = {"nats.subject": msg.subject, "nats.message_size": len(msg.data)}
-        parent = tracing.extract(headers)
-        with tracing.span("jetstream.handle_message", kind="consumer", parent=parent, attributes=attributes):
-            await self._run_delivery(consumer.script, msg, headers)
+        """Run one delivery under an in-flight slot, then acknowledge it, give it back for a retry, or
+        dead-letter it."""
+        # Pulls ask for no more than the free slots, so this rarely waits (only when core NATS took some since).
+        await self._in_flight.acquire()
+        try:
+            if self._metrics is not None:
+                self._metrics.count_message("jetstream")
+            headers = msg.headers or {}
+            if not tracing.enabled():
+                await self._run_delivery(consumer.script, msg, headers)
+                return
+            attributes = {"nats.subject": msg.subject, "nats.message_size": len(msg.data)}
+            parent = tracing.extract(headers)
+            with tracing.span("jetstream.handle_message", kind="consumer", parent=parent, attributes=attributes):
+                await self._run_delivery(consumer.script, msg, headers)
+        finally:
+            self._in_flight.release()
 
     async def _run_delivery(self, script: Script, msg: Msg, headers: dict[str, str]) -> None:
         stream, sequence, delivered = position(msg)
