@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -152,12 +152,13 @@ class DurableConsumers:
         self._stopping = True
         if self._resync is not None:
             self._resync.cancel()
+        # Each fetcher ends once its pull request does (within FETCH_WAIT_S), giving back what still arrives.
         fetchers = [consumer.fetcher for consumer in self._consumers.values() if consumer.fetcher is not None]
         self._consumers.clear()
-        for fetcher in fetchers:
-            fetcher.cancel()
         if fetchers:
-            await asyncio.wait(fetchers)
+            _, late = await asyncio.wait(fetchers, timeout=FETCH_WAIT_S + 2)
+            for fetcher in late:
+                fetcher.cancel()
         if self._deliveries:
             log.info("waiting for %d durable messages in progress", len(self._deliveries))
             _, pending = await asyncio.wait(set(self._deliveries), timeout=self._grace_period_s)
@@ -205,7 +206,9 @@ class DurableConsumers:
             for name in sorted(set(self._consumers) - set(wanted)):
                 consumer = self._consumers.pop(name)
                 consumer.stop()
-                log.info("stopped consuming for durable script=%s subject=%s", consumer.script.name, name)
+                log.info(
+                    "stopped consuming for durable script=%s subject=%s", consumer.script.name, consumer.script.subject
+                )
             own = sorted({s.subject for s in wanted.values() if not s.stream})
             if own:
                 await self._capture(own)
@@ -299,12 +302,13 @@ class DurableConsumers:
             wanted -= 1
             if wanted <= 0:
                 ended.set()
-            self._start(consumer, msg)
+            # Stopping: what the last pull still brings goes back at once, for another instance to take.
+            self._start(msg.nak() if self._stopping else self._deliver(consumer, msg))
 
         subscription = await self._nc.subscribe(inbox, cb=on_msg)
         request = {"expires": int(FETCH_WAIT_S * 1e9)}
         try:
-            while True:
+            while not self._stopping:
                 try:
                     free = self._in_flight.limit - self._in_flight.in_use
                     if free <= 0:
@@ -322,8 +326,6 @@ class DurableConsumers:
                         log.warning("pulling for durable script=%s: status %s", consumer.script.name, status)
                         await asyncio.sleep(RESYNC_RETRY_S)
                         await self._ensure_consumer(name, consumer.script, consumer.stream)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:
                     log.warning("pulling for durable script=%s failed, trying again: %s", consumer.script.name, exc)
                     await asyncio.sleep(RESYNC_RETRY_S)
@@ -331,8 +333,8 @@ class DurableConsumers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(subscription.unsubscribe(), SETTLE_TIMEOUT_S)
 
-    def _start(self, consumer: _Consumer, msg: Msg) -> None:
-        task = asyncio.get_running_loop().create_task(self._deliver(consumer, msg))
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._deliveries.add(task)
         task.add_done_callback(self._deliveries.discard)
 
