@@ -276,16 +276,15 @@ def alive_check(services: Sequence[Service]) -> Callable[[], Awaitable[None]]:
     return check
 
 
-def read_cpu_seconds(groups: Sequence[int]) -> float | None:
-    """User plus system CPU time of every process in the process groups `groups`, from /proc; None without /proc.
-
-    A group rather than a pid, so that a target made of a wrapper and its children is counted whole.
-    """
+def group_stats(groups: Sequence[int]) -> list[list[str]] | None:
+    """The /proc stat fields after the command name (state, ppid, pgrp, …) of every process in the process
+    groups `groups`; None without /proc. A group rather than a pid, so that a target made of a wrapper and its
+    children is counted whole."""
     proc = Path("/proc")
     if not (proc / "self" / "stat").exists():
         return None
     wanted = {str(group) for group in groups}
-    ticks = 0
+    found = []
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -293,8 +292,16 @@ def read_cpu_seconds(groups: Sequence[int]) -> float | None:
             stat = (entry / "stat").read_text()
         except OSError:
             continue  # exited meanwhile
-        # The fields after the command name, which is in parentheses and may hold spaces: state, ppid, pgrp, ...
+        # The command name is in parentheses and may hold spaces.
         fields = stat[stat.rindex(")") + 2 :].split()
         if fields[2] in wanted:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+            found.append(fields)
+    return found
+
+
+def read_cpu_seconds(groups: Sequence[int]) -> float | None:
+    """User plus system CPU time of every process in the process groups `groups`; None without /proc."""
+    stats = group_stats(groups)
+    if stats is None:
+        return None
+    return sum(int(fields[11]) + int(fields[12]) for fields in stats) / os.sysconf("SC_CLK_TCK")

@@ -36,7 +36,16 @@ import nats.js.errors
 from _loop import loop_name
 from _measure import median
 from _report import Ratio, format_verdicts
-from _services import BenchError, Service, free_port, read_cpu_seconds, run_main, run_nats_server, run_service
+from _services import (
+    BenchError,
+    Service,
+    free_port,
+    group_stats,
+    read_cpu_seconds,
+    run_main,
+    run_nats_server,
+    run_service,
+)
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerInfo
@@ -207,22 +216,8 @@ def describe(info: ConsumerInfo) -> str:
 
 def count_threads(groups: Sequence[int]) -> int | None:
     """Threads of every process in the process groups `groups`, from /proc; None without /proc."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        return None
-    wanted = {str(group) for group in groups}
-    threads = 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, ...: see read_cpu_seconds
-        if fields[2] in wanted:
-            threads += int(fields[17])
-    return threads
+    stats = group_stats(groups)
+    return None if stats is None else sum(int(fields[17]) for fields in stats)
 
 
 async def record_threads(target: Target) -> None:

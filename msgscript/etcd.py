@@ -54,7 +54,7 @@ _CHANNEL_OPTIONS = {
     "grpc.max_receive_message_length": -1,
     "grpc.initial_reconnect_backoff_ms": 200,
     "grpc.min_reconnect_backoff_ms": 200,
-    "grpc.max_reconnect_backoff_ms": 2000,
+    "grpc.max_reconnect_backoff_ms": 500,
 }
 
 

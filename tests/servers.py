@@ -57,6 +57,13 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 5.0)
         await proc.wait()
 
 
+async def kill_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a service (a crash: nothing is flushed, nothing is said goodbye to) and wait for it."""
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
+
+
 def nats_server_binary() -> str:
     """The nats-server executable the daemon itself would use for its embedded server."""
     try:
@@ -173,14 +180,20 @@ async def _etcd_is_healthy(url: str, ssl_context: ssl.SSLContext | None = None) 
 
 @contextlib.asynccontextmanager
 async def run_etcd(
-    client_port: int = 0, *, tls: EtcdTls | None = None, extra: tuple[str, ...] = ()
+    client_port: int = 0,
+    *,
+    tls: EtcdTls | None = None,
+    extra: tuple[str, ...] = (),
+    data_dir: Path | None = None,
+    peer_port: int = 0,
 ) -> AsyncIterator[EtcdServer]:
-    """Run a single-member etcd with a temporary data directory on free ports (or the given client port).
+    """Run a single-member etcd with a temporary data directory on free ports (or the given ports).
 
-    With `tls` the clients' port speaks TLS only; `extra` are more etcd flags (`--auth-token-ttl 1`, ...).
+    With `tls` the clients' port speaks TLS only; `extra` are more etcd flags (`--auth-token-ttl 1`, ...). With
+    `data_dir` (kept afterwards) and both ports given, a later call starts the same member again, data and all.
     """
     binary = etcd_binary()
-    client_port, peer_port = client_port or free_port(), free_port()
+    client_port, peer_port = client_port or free_port(), peer_port or free_port()
     scheme = "http" if tls is None else "https"
     client_url, peer_url = f"{scheme}://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
     if tls is not None:
@@ -196,7 +209,7 @@ async def run_etcd(
             "--name",
             "msgscript-test",
             "--data-dir",
-            str(Path(tmp) / "data"),
+            str(data_dir or Path(tmp) / "data"),
             "--listen-client-urls",
             client_url,
             "--advertise-client-urls",

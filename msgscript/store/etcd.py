@@ -50,8 +50,10 @@ REQUEST_TIMEOUT_S = 5.0
 """The timeout of every later etcd request (writes, re-reads, opening the watch)."""
 VISIBLE_TIMEOUT_S = 2.0
 """How long a write waits for the watch to bring it into memory before returning anyway."""
-RETRY_MIN_S = 0.5
-RETRY_MAX_S = 2.0
+RETRY_MIN_S = 0.25
+RETRY_MAX_S = 0.5
+"""How often the store tries to follow etcd again while it is away: a script added once it is back is served
+within about a second."""
 
 
 def script_key(subject: str, name: str) -> str:
