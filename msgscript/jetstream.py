@@ -209,9 +209,9 @@ class DurableConsumers:
                 log.info(
                     "stopped consuming for durable script=%s subject=%s", consumer.script.name, consumer.script.subject
                 )
-            own = sorted({s.subject for s in wanted.values() if not s.stream})
-            if own:
-                await self._capture(own)
+            if wanted:
+                # The daemon's stream keeps the dead letters of every durable script, on a user's stream or not.
+                await self._capture(sorted({s.subject for s in wanted.values() if not s.stream}))
             failed = False
             for name, script in sorted(wanted.items()):
                 stream = script.stream or self._stream

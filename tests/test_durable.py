@@ -340,6 +340,8 @@ async def test_a_user_stream_is_consumed_and_left_alone(
         runs = await seen.wait_for("sink", 1)
     assert runs[0]["meta"]["stream"] == "ORDERS"
     assert (await js.stream_info("ORDERS")).config.subjects == ["orders.>"]
+    # The daemon's own stream exists all the same, for the dead letters.
+    assert (await js.stream_info("MSGSCRIPT")).config.subjects == ["msgscript.dlq.>"]
 
 
 def test_durable_headers() -> None:
