@@ -29,6 +29,7 @@ from msgscript.dispatch import Dispatcher
 from msgscript.inflight import InFlightLimit
 from msgscript.message import MSG_ID_HEADER, Delivery, Message, Reply, Result
 from msgscript.script import Script
+from msgscript.store.base import Resync
 from msgscript.subjects import is_valid_subject, matches
 
 if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
@@ -134,8 +135,7 @@ class DurableConsumers:
         self._running: dict[asyncio.Task[Any] | None, tuple[Msg, float]] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._sync_lock = asyncio.Lock()
-        self._resync: asyncio.Task[None] | None = None
-        self._dirty = False
+        self._resync = Resync(self.sync, what="durable scripts' consumers", retry_s=RESYNC_RETRY_S)
         self._stopping = False
 
     async def __aenter__(self) -> DurableConsumers:
@@ -143,15 +143,14 @@ class DurableConsumers:
             await self.sync()
         except Exception as exc:
             log.error("failed to set up the durable scripts' consumers, trying again: %s", exc)
-            self._schedule_sync()
-        self._dispatcher.store.add_listener(self._schedule_sync)
+            self._resync.schedule()
+        self._dispatcher.store.add_listener(self._resync.schedule)
         self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress(), name="msgscript:in-progress")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._stopping = True
-        if self._resync is not None:
-            self._resync.cancel()
+        self._resync.close()
         # Each fetcher ends once its pull request does (within FETCH_WAIT_S), giving back what still arrives.
         fetchers = [consumer.fetcher for consumer in self._consumers.values() if consumer.fetcher is not None]
         self._consumers.clear()
@@ -173,21 +172,6 @@ class DurableConsumers:
         """Publish into the stream capturing `subject` and wait for it to be stored (the HTTP gateway's way in)."""
         headers = tracing.headers({MSG_ID_HEADER: msg_id} if msg_id else None)
         return await self._js.publish(subject, payload, headers=headers, timeout=SETTLE_TIMEOUT_S)
-
-    def _schedule_sync(self) -> None:
-        self._dirty = True
-        if not self._stopping and (self._resync is None or self._resync.done()):
-            self._resync = asyncio.get_running_loop().create_task(self._resync_loop(), name="msgscript:durable-sync")
-
-    async def _resync_loop(self) -> None:
-        while self._dirty and not self._stopping:
-            self._dirty = False
-            try:
-                await self.sync()
-            except Exception as exc:
-                log.error("failed to update the durable scripts' consumers: %s", exc)
-                self._dirty = True
-                await asyncio.sleep(RESYNC_RETRY_S)
 
     async def _durable_scripts(self) -> dict[str, Script]:
         store = self._dispatcher.store
@@ -235,7 +219,6 @@ class DurableConsumers:
                 self._consumers[name] = consumer
                 log.info("consuming stream=%s for durable script=%s subject=%s", stream, script.name, script.subject)
             if failed:
-                self._dirty = True
                 raise RuntimeError("some durable scripts have no consumer yet")
 
     async def _capture(self, subjects: Sequence[str]) -> None:

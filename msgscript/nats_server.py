@@ -21,6 +21,7 @@ from msgscript.errors import ConfigError
 from msgscript.inflight import InFlightLimit
 from msgscript.message import Message, Reply, decode_message
 from msgscript.nats_connect import connect_client, nats_connect_options
+from msgscript.store.base import Resync
 from msgscript.subjects import has_wildcards, is_valid_pattern, is_valid_subject, matches
 
 if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
@@ -131,8 +132,7 @@ class NatsSubscriber:
         self._tasks: set[asyncio.Task[None]] = set()
         self._drains: set[asyncio.Task[None]] = set()
         self._sync_lock = asyncio.Lock()
-        self._resync: asyncio.Task[None] | None = None
-        self._dirty = False
+        self._resync = Resync(self.sync, what="NATS subscriptions", retry_s=RESYNC_RETRY_S)
 
     async def __aenter__(self) -> NatsSubscriber:
         for subject in INTERNAL_SUBJECTS:
@@ -140,13 +140,12 @@ class NatsSubscriber:
                 subject, queue=self._queue, cb=self._internal_handler(subject)
             )
         await self.sync()
-        self._dispatcher.store.add_listener(self._schedule_sync)
+        self._dispatcher.store.add_listener(self._resync.schedule)
         log.info("Starting message watch...")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._resync is not None:
-            self._resync.cancel()
+        self._resync.close()
         # Stop intake: drain each subscription so messages already delivered to us still run.
         subs = list(self._subs.values())
         self._subs.clear()
@@ -167,22 +166,6 @@ class NatsSubscriber:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
             log.info("stopped: %d messages finished, %d cancelled", len(done), len(pending))
-
-    def _schedule_sync(self) -> None:
-        # A change that lands while a sync runs is picked up by another round of the same task.
-        self._dirty = True
-        if self._resync is None or self._resync.done():
-            self._resync = asyncio.get_running_loop().create_task(self._resync_loop(), name="msgscript:resubscribe")
-
-    async def _resync_loop(self) -> None:
-        while self._dirty:
-            self._dirty = False
-            try:
-                await self.sync()
-            except Exception as exc:
-                log.error("failed to update the NATS subscriptions: %s", exc)
-                self._dirty = True
-                await asyncio.sleep(RESYNC_RETRY_S)
 
     def _release(self, subject: str, sub: Subscription) -> None:
         """Stop taking messages for a subject whose scripts are gone; those already delivered still run."""

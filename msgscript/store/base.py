@@ -1,11 +1,15 @@
-"""The Store protocol: where scripts and libraries live."""
+"""The Store protocol (where scripts and libraries live), and Resync for those who follow its changes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from msgscript.script import Script
+
+log = logging.getLogger(__name__)
 
 
 class Store(Protocol):
@@ -54,3 +58,39 @@ class Store(Protocol):
     def __len__(self) -> int:
         """The number of scripts held."""
         ...
+
+
+class Resync:
+    """Runs `sync` again whenever the store changes (hook `schedule` to `Store.add_listener`), in one task:
+    changes that land while a round runs are taken in by another round, and a failed round is tried again
+    after `retry_s` until one succeeds or `close` is called."""
+
+    def __init__(self, sync: Callable[[], Awaitable[None]], *, what: str, retry_s: float) -> None:
+        self._sync = sync
+        self._what = what
+        self._retry_s = retry_s
+        self._task: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._closed = False
+
+    def schedule(self) -> None:
+        """Ask for another round (from the event loop)."""
+        self._dirty = True
+        if not self._closed and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._rounds(), name=f"msgscript:{self._what}")
+
+    def close(self) -> None:
+        """No more rounds; the one running, if any, is cancelled."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _rounds(self) -> None:
+        while self._dirty and not self._closed:
+            self._dirty = False
+            try:
+                await self._sync()
+            except Exception as exc:
+                log.error("failed to update the %s, trying again: %s", self._what, exc)
+                self._dirty = True
+                await asyncio.sleep(self._retry_s)
