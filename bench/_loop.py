@@ -1,28 +1,16 @@
-"""Event-loop helper shared by the benchmark scripts."""
+"""Which event loop the benchmark processes run on.
+
+They run their main coroutine with the daemon's own `msgscript.cli.server.run_async`, so that baselines and
+daemon share one loop choice: uvloop when it is installed, else asyncio's default loop.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-
 
 def loop_name() -> str:
-    """The event loop the benchmark processes run on: `uvloop` when installed, else `asyncio`."""
+    """The event loop `run_async` picks: `uvloop` when installed, else `asyncio`."""
     try:
         import uvloop  # noqa: F401
     except ImportError:
         return "asyncio"
     return "uvloop"
-
-
-def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on uvloop when it is installed, else on the default loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)

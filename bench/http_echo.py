@@ -11,8 +11,9 @@ import asyncio
 import signal
 from pathlib import Path
 
-from _loop import run_async
 from aiohttp import web
+
+from msgscript.cli.server import run_async
 
 SHUTDOWN_TIMEOUT_S = 5.0
 

@@ -13,8 +13,9 @@ import signal
 
 import nats
 import nats.errors
-from _loop import run_async
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType
+
+from msgscript.cli.server import run_async
 
 FLUSH_TIMEOUT_S = 2
 FETCH_TIMEOUT_S = 2.0

@@ -21,13 +21,10 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
-from _measure import percentile
+from _measure import Call, Side, alternate_rounds, percentile, warm_up
 from _services import BenchError, free_port, run_main, run_nats_server, run_service, wait_for_nats_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,18 +33,6 @@ PAYLOAD = b"John"
 LATENCY_RATIO_MAX = 1.2
 CALL_TIMEOUT_S = 30.0
 READY_TIMEOUT_S = 30.0
-
-Call = Callable[[], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Side:
-    """One way of running the container and what was measured on it."""
-
-    label: str
-    call: Call
-    latencies_s: list[float] = field(default_factory=list)
-    rates: list[float] = field(default_factory=list)
 
 
 def cli_call(podman: str, image: str) -> Call:
@@ -85,29 +70,8 @@ def daemon_call(nc: nats.NATS) -> Call:
     return call
 
 
-async def sequential(side: Side, calls: int) -> None:
-    for _ in range(calls):
-        start = time.perf_counter()
-        await side.call()
-        side.latencies_s.append(time.perf_counter() - start)
-
-
-async def windowed(side: Side, calls: int, window: int) -> float:
-    remaining = calls
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await side.call()
-
-    start = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        for _ in range(min(window, calls)):
-            group.create_task(worker())
-    rate = calls / (time.perf_counter() - start)
-    side.rates.append(rate)
-    return rate
+def describe_round(side: Side, median_s: float) -> str:
+    return f"{side.label} {median_s * 1000:,.0f} ms {side.rates[-1]:.2f}/s"
 
 
 def script_text(image: str) -> str:
@@ -140,26 +104,14 @@ async def main(args: argparse.Namespace) -> int:
                 try:
                     await wait_for_nats_target(nc, server, SUBJECT, PAYLOAD, 1, [daemon], READY_TIMEOUT_S)
                     sides = [Side("podman run", cli_call(podman, args.image)), Side("daemon", daemon_call(nc))]
-                    for side in sides:  # warm-up: page cache, podman's storage, the daemon's image check
-                        await sequential(side, 2)
-                        side.latencies_s.clear()
+                    # Warm-up: the page cache, podman's storage, the daemon's image check.
+                    await warm_up(sides, 1)
                     print(
                         f"{args.rounds} rounds of {args.calls} sequential calls, then {args.calls} with "
                         f"{args.window} in flight, per side; image {args.image}",
                         flush=True,
                     )
-                    for index in range(args.rounds):
-                        order = sides if index % 2 == 0 else sides[::-1]
-                        for side in order:
-                            await sequential(side, args.calls)
-                        for side in order:
-                            await windowed(side, args.calls, args.window)
-                        parts = [
-                            f"{s.label} {statistics.median(s.latencies_s[-args.calls :]) * 1000:,.0f} ms "
-                            f"{s.rates[-1]:.2f}/s"
-                            for s in sides
-                        ]
-                        print(f"  round {index + 1}/{args.rounds}: " + " | ".join(parts), flush=True)
+                    await alternate_rounds(sides, args.rounds, args.calls, args.window, describe_round)
                 finally:
                     await nc.close()
     cli, ours = sides

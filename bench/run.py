@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import nats
 from _config import Config, parse_args
-from _loop import loop_name, run_async
+from _loop import loop_name
 from _measure import Call, TargetStats, http_call, measure_latency, measure_throughput, nats_call, run_window
 from _report import Ratio, format_table, format_verdicts, http_ratio, nats_ratios, summarize, to_json
 from _services import (
@@ -40,6 +40,8 @@ from _services import (
     run_service,
     wait_for_nats_target,
 )
+
+from msgscript.cli.server import run_async
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent

@@ -14,7 +14,6 @@ Two measurements, each in rounds:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
 import statistics
@@ -22,13 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 import wasmtime
-from _measure import percentile
+from _measure import Call, Side, alternate_rounds, percentile, warm_up
 from _services import BenchError, free_port, run_main, run_nats_server, run_service, wait_for_nats_target
 
 from msgscript.config import Settings
@@ -74,46 +71,10 @@ HELLO_WAT = """(module
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
         (br $next)))))"""
 
-Call = Callable[[], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class Side:
-    """One thing measured: how to call it, latencies and rates over all rounds."""
-
-    label: str
-    call: Call
-    first_call_s: float = 0.0
-    latencies_s: list[float] = field(default_factory=list)
-    rates: list[float] = field(default_factory=list)
-
-
-async def sequential(side: Side, calls: int) -> None:
-    for _ in range(calls):
-        start = time.perf_counter()
-        await side.call()
-        side.latencies_s.append(time.perf_counter() - start)
-
-
-async def windowed(side: Side, calls: int, window: int) -> None:
-    remaining = calls
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            await side.call()
-
-    start = time.perf_counter()
-    async with asyncio.TaskGroup() as group:
-        for _ in range(min(window, calls)):
-            group.create_task(worker())
-    side.rates.append(calls / (time.perf_counter() - start))
-
 
 def executor_call(executor: Executor, module: Path, expected: bytes) -> Call:
     """One run of `module`; fails unless it prints `expected`."""
-    script = Script(subject="bench.wasm", name="bench", content=str(module), executor="wasm")
+    script = Script(subject="bench.wasm", name="bench", content=str(module), executor_header="wasm")
     message = Message(subject="bench.wasm", payload=PAYLOAD)
 
     async def call() -> None:
@@ -151,22 +112,13 @@ def build_modules(work_dir: Path) -> list[tuple[str, Path, bytes]]:
     return modules
 
 
-async def measure(sides: list[Side], args: argparse.Namespace, window: bool) -> None:
-    for side in sides:  # warm-up; the first call compiles the module
-        start = time.perf_counter()
-        await side.call()
-        side.first_call_s = time.perf_counter() - start
-        await sequential(side, min(200, args.calls))
-        side.latencies_s.clear()
-    for index in range(args.rounds):
-        order = sides if index % 2 == 0 else sides[::-1]
-        for side in order:
-            await sequential(side, args.calls)
-        if window:
-            for side in order:
-                await windowed(side, args.calls, args.window)
-        parts = [f"{s.label} {statistics.median(s.latencies_s[-args.calls :]) * 1e6:,.0f} µs" for s in sides]
-        print(f"  round {index + 1}/{args.rounds}: " + " | ".join(parts), flush=True)
+def describe_round(side: Side, median_s: float) -> str:
+    return f"{side.label} {median_s * 1e6:,.0f} µs"
+
+
+async def measure(sides: list[Side], rounds: int, calls: int, window: int | None) -> None:
+    await warm_up(sides, min(200, calls))  # the first call compiles the module
+    await alternate_rounds(sides, rounds, calls, window, describe_round)
 
 
 def report(sides: list[Side], window: int | None) -> None:
@@ -192,7 +144,7 @@ async def bench_executor(args: argparse.Namespace, work_dir: Path) -> list[Side]
         if not isinstance(executor, WasmExecutor):
             raise BenchError("wasmtime is not available to msgscript")
         sides = [Side(label, executor_call(executor, path, expected)) for label, path, expected in modules]
-        await measure(sides, args, window=True)
+        await measure(sides, args.rounds, args.calls, args.window)
     report(sides, args.window)
     return sides
 
@@ -216,7 +168,7 @@ async def bench_daemon(args: argparse.Namespace, work_dir: Path) -> None:
                     await wait_for_nats_target(nc, server, subject, PAYLOAD, 1, [daemon], READY_TIMEOUT_S)
                 sides = [Side("WAT hello over NATS", nats_call(nc, "bench.wasm"))]
                 sides.append(Side("hello.lua over NATS", nats_call(nc, "funcs.hello")))
-                await measure(sides, argparse.Namespace(calls=calls, rounds=args.rounds), window=False)
+                await measure(sides, args.rounds, calls, None)
             finally:
                 await nc.close()
     report(sides, None)

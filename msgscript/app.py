@@ -10,18 +10,17 @@ import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from msgscript.catalog import Catalog
-from msgscript.cluster import EtcdLock, Lock, NoLock
+from msgscript.compose import open_dispatcher, open_store
 from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
-from msgscript.etcd import open_etcd
-from msgscript.executors import open_executors
+from msgscript.etcd_client import open_etcd
 from msgscript.http import http_site
 from msgscript.inflight import InFlightLimit
 from msgscript.jetstream import DurableConsumers
 from msgscript.metrics import Metrics
-from msgscript.nats_server import NatsSubscriber, connect_nats
-from msgscript.store import open_store
+from msgscript.nats_connect import connect_nats
+from msgscript.nats_subscriber import NatsSubscriber
 from msgscript.supervisor import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -49,9 +48,7 @@ async def running(
         except ConfigError as exc:
             raise ConfigError(f"failed to initialize the script store: {exc}") from exc
         log.info("Starting %s backend", settings.backend)
-        lock: Lock = EtcdLock(etcd) if settings.backend == "etcd" else NoLock()
         nc = await stack.enter_async_context(connect_nats(settings))
-        executors = await stack.enter_async_context(open_executors(settings, nc, etcd=etcd, on_stuck=on_stuck))
         # One bound on the work in flight, whether it came over NATS or HTTP.
         in_flight = InFlightLimit(settings.max_in_flight)
         metrics = None
@@ -63,13 +60,15 @@ async def running(
                 scripts_loaded=lambda: len(store),
                 nats_reconnects=lambda: nc.stats["reconnects"],
             )
-        dispatcher = Dispatcher(store, executors, lock, script_timeout_s=settings.script_timeout_s, metrics=metrics)
+        dispatcher = await stack.enter_async_context(
+            open_dispatcher(settings, store, nc=nc, etcd=etcd, on_stuck=on_stuck, metrics=metrics)
+        )
         catalog = Catalog(store)
         await stack.enter_async_context(
             NatsSubscriber(nc, dispatcher, catalog, settings, in_flight=in_flight, metrics=metrics)
         )
         durable = await stack.enter_async_context(
-            DurableConsumers(nc, dispatcher, settings, in_flight=in_flight, metrics=metrics)
+            DurableConsumers(nc, dispatcher, catalog, settings, in_flight=in_flight, metrics=metrics)
         )
 
         def readiness() -> str:

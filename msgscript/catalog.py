@@ -1,10 +1,13 @@
-"""Read-only views of the store behind the internal subjects `__listScripts`, `__listNamesForScript`
-and `__infoNamedScript` (and, through them, the browse pages)."""
+"""The read-only view of the store: what the internal subjects `__listScripts`, `__listNamesForScript` and
+`__infoNamedScript`, the browse pages, and the NATS and JetStream intake ask about the scripts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from msgscript.errors import MsgscriptError
 from msgscript.message import Reply, Result, go_string
+from msgscript.script import Script
 from msgscript.store.base import Store
 
 LIST_SCRIPTS = "__listScripts"
@@ -46,19 +49,35 @@ def _page(payload: bytes, headers: dict[str, str] | None = None, *, is_html: boo
 
 
 class Catalog:
-    """Answers the internal subjects from a store."""
+    """What the store holds, read-only; answers the internal subjects."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (on the event loop) whenever the set of scripts changes."""
+        self._store.add_listener(callback)
 
     async def subjects(self) -> list[str]:
         """Distinct subjects, sorted."""
         return await self._store.subjects()
 
+    async def stored(self, subject: str) -> list[Script]:
+        """The scripts stored under exactly `subject` (not those whose pattern matches it), by name."""
+        scripts = await self._store.scripts_for(subject)
+        return sorted((s for s in scripts if s.subject == subject), key=lambda s: s.name)
+
+    async def scripts(self) -> list[Script]:
+        """Every stored script, by subject then name."""
+        return [script for subject in await self.subjects() for script in await self.stored(subject)]
+
     async def names(self, subject: str) -> list[str]:
         """Sorted names of the scripts stored under exactly `subject`."""
-        scripts = await self._store.scripts_for(subject)
-        return sorted(s.name for s in scripts if s.subject == subject)
+        return [s.name for s in await self.stored(subject)]
+
+    async def script(self, subject: str, name: str) -> Script | None:
+        """The script stored under exactly this subject and name, if any."""
+        return await self._store.script(subject, name)
 
     async def answer(self, subject: str, data: bytes) -> Reply:
         """The Reply for one internal subject request, a failure included as its `error` (the NATS answer, as Go's)."""
@@ -87,8 +106,8 @@ class Catalog:
         if len(parts) != 2:
             raise InvalidCatalogRequest(subject)
         script_subject, name = parts
-        script = await self._store.script(script_subject, name)
+        script = await self.script(script_subject, name)
         if script is None:
             raise CatalogMiss(f"no script found for subject {script_subject} with name {name}", script_subject, name)
-        headers = {"executor": script.executor_name, "libraries": ", ".join(script.libraries)}
+        headers = {"executor": script.executor, "libraries": ", ".join(script.libraries)}
         return _page(script.content.encode("utf-8", "surrogateescape"), headers, is_html=script.html)

@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from msgscript.durations import parse_duration
+
 DEFAULT_BACKEND = "file"
-DEFAULT_ETCD_URL = "localhost:2379"
+DEFAULT_CLI_BACKEND = "etcd"
+"""The store `msgscriptcli` works on without `-b` (the Go CLI's)."""
+DEFAULT_ETCD_PORT = 2379
+DEFAULT_ETCD_URL = f"localhost:{DEFAULT_ETCD_PORT}"
 DEFAULT_LOG_LEVEL = "info"
+DEFAULT_CLI_LOG_LEVEL = "warning"
 DEFAULT_HTTP_PORT = 7643
 DEFAULT_HTTP_HOST = "0.0.0.0"
 DEFAULT_SCRIPT_DIR = "."
@@ -15,16 +21,24 @@ DEFAULT_QUEUE_GROUP = "msgscript"
 DEFAULT_STREAM = "MSGSCRIPT"
 """The JetStream stream the daemon keeps for its durable scripts (docs/durable.md)."""
 DEFAULT_DLQ_PREFIX = "msgscript.dlq"
+NATS_PORT = 4222
+"""The port NATS clients connect to by default."""
+DEFAULT_NATS_URL = f"nats://localhost:{NATS_PORT}"
+"""Where `msgscriptcli` finds NATS (the daemon starts its embedded server when given no URL)."""
 EMBEDDED_NATS_HOST = "127.0.0.1"
-EMBEDDED_NATS_PORT = 4222
-DEFAULT_SCRIPT_TIMEOUT_S = 120.0
+EMBEDDED_NATS_PORT = NATS_PORT
+DEFAULT_SCRIPT_TIMEOUT = "2m"
+"""The default script deadline as a Go duration, the way `-timeout` shows it."""
+DEFAULT_SCRIPT_TIMEOUT_S = parse_duration(DEFAULT_SCRIPT_TIMEOUT)
 DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_LUA_THREADS = 64
 DEFAULT_WASM_THREADS = min(32, 4 * (os.cpu_count() or 1))
 DEFAULT_PODMAN_CONCURRENCY = 8
-DEFAULT_GRACE_PERIOD_S = 30.0
+DEFAULT_GRACE_PERIOD = "30s"
+"""How long in-flight work may take to finish on shutdown, as a Go duration (`-grace-period`)."""
+DEFAULT_GRACE_PERIOD_S = parse_duration(DEFAULT_GRACE_PERIOD)
 DEFAULT_HTTP_TIMEOUT_S = 5.0
 DEFAULT_HTTP_HEADER_TIMEOUT_S = 10.0
 """How long a client may take to send a request's line and headers (from connecting, or from its first byte)."""

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from msgscript import tracing
-from msgscript.cluster import Lock, lock_key
 from msgscript.durations import format_duration
-from msgscript.errors import LibraryNotFound, LockError, ScriptError, ScriptTimeout, StoreError
+from msgscript.errors import LibraryNotFound, LockError, NoScripts, ScriptError, ScriptTimeout, StoreError
 from msgscript.executors.base import Executor, RunContext
+from msgscript.locks import Lock, lock_key
 from msgscript.message import Message, Reply, Result
 from msgscript.script import Script
 from msgscript.store.base import Store
@@ -24,11 +24,6 @@ log = logging.getLogger(__name__)
 
 # The executor gets the deadline itself; this margin lets it report the timeout before the backstop fires.
 _BACKSTOP_MARGIN_S = 1.0
-
-
-def no_scripts_error(subject: str) -> str:
-    """The Reply error for a subject without scripts (the Go file store's text)."""
-    return f"failed to get scripts for subject: script not found for subject: {subject}"
 
 
 def _judged(result: Result) -> tuple[Result, Outcome]:
@@ -47,25 +42,44 @@ class Dispatcher:
         script_timeout_s: float,
         metrics: Metrics | None = None,
     ) -> None:
-        self.store = store
+        self._store = store
         self._executors = executors
         self._lock = lock
         self._timeout_s = script_timeout_s
         self._metrics = metrics
 
-    async def dispatch(self, message: Message) -> Reply:
-        """Run every script of the message's subject concurrently; results come in completion order."""
+    async def scripts_for(self, subject: str) -> list[Script]:
+        """The scripts that a core NATS message or an HTTP request on `subject` runs.
+
+        Durable scripts are left out: they run from their stream (msgscript.jetstream).
+
+        Raises:
+            NoScripts: none runs for the subject.
+            StoreError: the store cannot answer.
+        """
         with tracing.span("nats.handle_message.get_scripts") as span:
             try:
-                scripts = await self.store.scripts_for(message.subject)
+                scripts = await self._store.scripts_for(subject)
             except StoreError as exc:
-                log.error("store lookup failed subject=%s: %s", message.subject, exc)
+                log.error("store lookup failed subject=%s: %s", subject, exc)
                 tracing.fail(span, str(exc))
-                return Reply(error=f"failed to get scripts for subject: {exc}")
-        # Durable scripts run from their stream (msgscript.jetstream), never for a core message or an HTTP request.
-        scripts = [script for script in scripts if not script.durable]
-        if not scripts:
-            return Reply(error=no_scripts_error(message.subject))
+                raise
+        runnable = [script for script in scripts if not script.durable]
+        if not runnable:
+            raise NoScripts(subject, durable=bool(scripts))
+        return runnable
+
+    async def dispatch(self, message: Message) -> Reply:
+        """Run every script of the message's subject; a subject without scripts, or a store failure, is the
+        Reply's error (`failed to get scripts for subject: <reason>`, the Go text)."""
+        try:
+            scripts = await self.scripts_for(message.subject)
+        except (NoScripts, StoreError) as exc:
+            return Reply(error=f"failed to get scripts for subject: {exc}")
+        return await self.run_all(scripts, message)
+
+    async def run_all(self, scripts: list[Script], message: Message) -> Reply:
+        """Run the scripts concurrently; the results come in the order of `scripts`."""
         with tracing.span("nats.handle_message.run_scripts"):
             if len(scripts) == 1:
                 return Reply(results=(await self.run(scripts[0], message),))
@@ -95,13 +109,13 @@ class Dispatcher:
     async def _run(self, script: Script, message: Message, started: float) -> tuple[Result, Outcome]:
         timeout_s = script.timeout_s or self._timeout_s
         deadline = started + timeout_s
-        executor = self._executors.get(script.executor_name)
+        executor = self._executors.get(script.executor)
         if executor is None:
-            return Result.failure(f"unknown executor '{script.executor_name}'"), "error"
+            return Result.failure(f"unknown executor '{script.executor}'"), "error"
         try:
             libraries: tuple[str, ...] = ()
             if script.libraries:
-                libraries = await self.store.load_libraries(script.libraries)
+                libraries = await self._store.load_libraries(script.libraries)
             ctx = RunContext(deadline=deadline, timeout_s=timeout_s, libraries=libraries)
             if not script.lock:
                 return _judged(await self._run_with_backstop(executor, script, message, ctx))
@@ -119,9 +133,9 @@ class Dispatcher:
         except LockError as exc:
             log.warning("lock failed script=%s subject=%s: %s", script.name, script.subject, exc)
             return Result.failure(str(exc)), "error"
-        except (ScriptTimeout, TimeoutError):
+        except ScriptTimeout as exc:
             log.info("script timed out script=%s subject=%s after=%s", script.name, script.subject, timeout_s)
-            return Result.failure(f"script timed out after {format_duration(timeout_s)}"), "timeout"
+            return Result.failure(str(exc)), "timeout"
         except ScriptError as exc:
             log.info("script failed script=%s subject=%s: %s", script.name, script.subject, exc)
             return Result.failure(str(exc)), "error"
@@ -131,16 +145,23 @@ class Dispatcher:
 
     async def _run_with_backstop(self, executor: Executor, script: Script, message: Message, ctx: RunContext) -> Result:
         if not tracing.enabled():  # the hot path: no span, no attributes to build
-            async with asyncio.timeout(ctx.timeout_s + _BACKSTOP_MARGIN_S):
-                return await executor.run(script, message, ctx)
+            return await _with_backstop(executor, script, message, ctx)
         attributes = {"nats.subject": message.subject, "script.name": script.name}
         with tracing.span(f"{executor.name}.execute_script", attributes=attributes) as span:
             try:
-                async with asyncio.timeout(ctx.timeout_s + _BACKSTOP_MARGIN_S):
-                    result = await executor.run(script, message, ctx)
-            except (ScriptError, TimeoutError) as exc:
-                tracing.fail(span, str(exc) or "timeout", attribute="executor.error")
+                result = await _with_backstop(executor, script, message, ctx)
+            except ScriptError as exc:
+                tracing.fail(span, str(exc), attribute="executor.error")
                 raise
             if result.error:
                 tracing.fail(span, result.error, attribute="executor.error")
             return result
+
+
+async def _with_backstop(executor: Executor, script: Script, message: Message, ctx: RunContext) -> Result:
+    """Run the script; an executor that overruns its deadline by more than the margin is cut off."""
+    try:
+        async with asyncio.timeout(ctx.timeout_s + _BACKSTOP_MARGIN_S):
+            return await executor.run(script, message, ctx)
+    except TimeoutError:
+        raise ctx.timed_out() from None

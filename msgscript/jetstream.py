@@ -24,6 +24,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from msgscript import tracing
+from msgscript.catalog import Catalog
 from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.inflight import InFlightLimit
@@ -115,6 +116,7 @@ class DurableConsumers:
         self,
         nc: Client,
         dispatcher: Dispatcher,
+        catalog: Catalog,
         settings: Settings,
         *,
         in_flight: InFlightLimit,
@@ -123,6 +125,7 @@ class DurableConsumers:
         self._nc = nc
         self._js = nc.jetstream()
         self._dispatcher = dispatcher
+        self._catalog = catalog
         self._stream = settings.stream
         self._dlq_prefix = settings.dlq_prefix
         self._grace_period_s = settings.grace_period_s
@@ -144,7 +147,7 @@ class DurableConsumers:
         except Exception as exc:
             log.error("failed to set up the durable scripts' consumers, trying again: %s", exc)
             self._resync.schedule()
-        self._dispatcher.store.add_listener(self._resync.schedule)
+        self._catalog.add_listener(self._resync.schedule)
         self._keeper = asyncio.get_running_loop().create_task(self._keep_in_progress(), name="msgscript:in-progress")
         return self
 
@@ -174,13 +177,7 @@ class DurableConsumers:
         return await self._js.publish(subject, payload, headers=headers, timeout=SETTLE_TIMEOUT_S)
 
     async def _durable_scripts(self) -> dict[str, Script]:
-        store = self._dispatcher.store
-        found: dict[str, Script] = {}
-        for subject in await store.subjects():
-            for script in await store.scripts_for(subject):
-                if script.durable and script.subject == subject:
-                    found[consumer_name(script)] = script
-        return found
+        return {consumer_name(script): script for script in await self._catalog.scripts() if script.durable}
 
     async def sync(self) -> None:
         """Capture the durable scripts' subjects, and start (or stop) fetching for the scripts the store gained

@@ -91,7 +91,7 @@ class Metrics:
 
     def observe_run(self, script: Script, outcome: Outcome, duration_s: float) -> None:
         """One script run ended after `duration_s`."""
-        executor = script.executor_name
+        executor = script.executor
         key = (script.subject, script.name, executor, outcome)
         self._runs[key] = self._runs.get(key, 0) + 1
         duration = self._durations.get(executor)

@@ -4,15 +4,17 @@
 into nats.connect keyword arguments, reading and checking every file at startup. `connect_client` makes the
 first connection: a server that refuses the credentials or the certificate ends the start at once with one
 clear line, while a server that is not up yet is waited for. After that, nats-py reconnects by itself.
+`connect_nats` holds the daemon's connection for its lifetime and drains it on the way out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +25,8 @@ from nats.aio.client import Client, RawCredentials
 from msgscript.config import NATS_CONNECT_TIMEOUT_S, Settings
 from msgscript.errors import ConfigError
 from msgscript.tls import client_tls_context, describe_os_error, read_text_file
+
+log = logging.getLogger(__name__)
 
 REDACTED = "xxxxx"
 
@@ -227,3 +231,50 @@ async def connect_client(url: str, *, error_cb: ErrorCallback | None = None, **o
                 attempt.exception()  # retrieved: the ConfigError above tells the story
             with contextlib.suppress(Exception):
                 await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def connect_nats(settings: Settings) -> AsyncIterator[Client]:
+    """Connect to `settings.nats_url` with automatic reconnection; drain on exit.
+
+    The embedded server (no URL given) is the supervisor's to start; it hands the worker its URL.
+    """
+    closing = False
+
+    async def on_error(exc: Exception) -> None:
+        log.error("NATS error: %s", exc)
+
+    async def on_disconnected() -> None:
+        if not closing:
+            log.warning("disconnected from NATS, reconnecting")
+
+    async def on_reconnected() -> None:
+        log.info("reconnected to NATS")
+
+    # Credentials and TLS files are read (and checked) before anything starts.
+    security = await asyncio.to_thread(nats_connect_options, settings)
+    url = settings.nats_url
+    if not url:
+        raise ConfigError("no NATS URL given")
+    # Reconnecting is for later outages: the first connection gets one bounded try.
+    nc = await connect_client(
+        url,
+        name="msgscript",
+        connect_timeout=NATS_CONNECT_TIMEOUT_S,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        allow_reconnect=True,
+        error_cb=on_error,
+        disconnected_cb=on_disconnected,
+        reconnected_cb=on_reconnected,
+        **security,
+    )
+    try:
+        yield nc
+    finally:
+        closing = True
+        try:
+            await asyncio.wait_for(nc.drain(), settings.grace_period_s)
+        except Exception as exc:
+            log.warning("NATS drain did not finish: %s", exc)
+            await nc.close()

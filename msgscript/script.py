@@ -36,7 +36,8 @@ class Script:
     subject: str = ""
     name: str = ""
     content: str = ""
-    executor: str = ""
+    executor_header: str = ""
+    """The `--* executor:` header as written (the Script JSON's `executor`); empty means Lua."""
     html: bool = False
     libraries: tuple[str, ...] = ()
     timeout_s: float | None = None
@@ -49,16 +50,16 @@ class Script:
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
 
     @property
-    def executor_name(self) -> str:
-        """The executor that runs this script; an empty header means Lua."""
-        return self.executor or "lua"
+    def executor(self) -> str:
+        """The name of the executor that runs this script."""
+        return self.executor_header or "lua"
 
     def to_json(self) -> bytes:
         """Encode as the upstream Script JSON (the etcd value): content base64, Go field order and escaping."""
         content = base64.b64encode(self.content.encode("utf-8", "surrogateescape")).decode("ascii")
         libraries = "[" + ",".join(_gojson.go_string(lib) for lib in self.libraries) + "]" if self.libraries else "null"
         return (
-            f'{{"content":"{content}","executor":{_gojson.go_string(self.executor)},'
+            f'{{"content":"{content}","executor":{_gojson.go_string(self.executor_header)},'
             f'"is_html":{"true" if self.html else "false"},"libraries":{libraries},'
             f'"name":{_gojson.go_string(self.name)},"subject":{_gojson.go_string(self.subject)}}}'
         ).encode()
@@ -87,7 +88,7 @@ class Script:
                 subject=_gojson.optional_str(found.get("subject"), "subject"),
                 name=_gojson.optional_str(found.get("name"), "name"),
                 content=content,
-                executor=_gojson.optional_str(found.get("executor"), "executor"),
+                executor_header=_gojson.optional_str(found.get("executor"), "executor"),
                 html=bool(html),
                 libraries=tuple(_gojson.optional_str(lib, "libraries") for lib in libraries or ()),
             )
@@ -199,5 +200,24 @@ def parse_script(text: str) -> Script:
     content = "".join(line + "\n" for line in kept)
     if content.endswith("\n"):
         content = content[:-1]
-    base = Script(subject=subject, name=name, content=content, executor=executor, html=html, libraries=tuple(libraries))
+    base = Script(
+        subject=subject, name=name, content=content, executor_header=executor, html=html, libraries=tuple(libraries)
+    )
     return _with_extensions(base, ext)
+
+
+def render_script(script: Script) -> str:
+    """Script file text for `script`: its upstream headers (those that are set), then its content.
+
+    Our own headers (`timeout`, `lock`, …) are part of the content already. `parse_script` reads the text back
+    as `script` unless a value holds a line break or the content holds upstream header lines (possible in a
+    Script built by hand or read from JSON); callers that need the same script check.
+    """
+    headers = [(key, value) for key, value in (("subject", script.subject), ("name", script.name)) if value]
+    headers += [("require", library) for library in script.libraries]
+    if script.html:
+        headers.append(("html", "true"))
+    if script.executor_header:
+        headers.append(("executor", script.executor_header))
+    head = "".join(f"{HEADER_PREFIX} {key}: {value}\n" for key, value in headers)
+    return head + script.content + ("\n" if script.content else "")

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
 
 import aiohttp
 
 from msgscript.config import Settings
-from msgscript.etcd import EtcdClient, open_etcd
+from msgscript.etcd_client import EtcdClient, open_etcd
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """The shared clients, opened by `open_services` and closed with it."""
+
+    http: aiohttp.ClientSession
+    """Without a default timeout (each call sets its own) and without a cookie jar (one script's cookies must
+    never reach another's requests)."""
+    etcd: EtcdClient
+    """The daemon's client (shared with its store) or one of the services' own; it connects on first use, so
+    nothing needs etcd to be up."""
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, etcd: EtcdClient | None = None) -> AsyncIterator[dict[str, Any]]:
-    """Open the shared clients, keyed by service name; they are closed on exit.
+async def open_services(settings: Settings, etcd: EtcdClient | None = None) -> AsyncIterator[Services]:
+    """Open the shared clients; those opened here are closed on exit.
 
-    - "http": an aiohttp.ClientSession without a default timeout (each call sets its own) and without a
-      cookie jar (one script's cookies must never reach another's requests).
-    - "etcd": `etcd` (the daemon's client, shared with its store), or a client of its own on
-      `settings.etcd_endpoints`; either connects on first use, so nothing needs etcd to be up.
+    `etcd` is the daemon's client; without one, a client on `settings.etcd_endpoints` is opened here.
     """
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(
@@ -29,4 +38,4 @@ async def open_services(settings: Settings, etcd: EtcdClient | None = None) -> A
         )
         if etcd is None:
             etcd = await stack.enter_async_context(open_etcd(settings))
-        yield {"http": http, "etcd": etcd}
+        yield Services(http=http, etcd=etcd)

@@ -6,7 +6,9 @@ work, and watches it:
 
 - SIGTERM, SIGINT, SIGHUP and SIGQUIT go to the worker, which drains; the supervisor then stops the
   embedded NATS server and exits with the worker's status.
-- A worker that dies unexpectedly is started again, after a backoff that doubles up to RESTART_MAX_S.
+- A worker that dies unexpectedly is started again, after a backoff that doubles up to RESTART_MAX_S. A
+  worker that cannot start says why over its channel; when the first one fails so, the supervisor stops and
+  raises that reason as a ConfigError, for the command to print.
 - A worker can ask to be replaced: when an execution stays stuck in a C call long past its deadline, only
   a new process gets its thread back. The supervisor starts a successor on the same NATS queue group and
   the same (inherited) listening socket; once the successor is ready, the old worker is sent SIGTERM and
@@ -48,6 +50,9 @@ KILL_MARGIN_S = 15.0
 """Past the grace period plus this, workers that have not exited after SIGTERM are killed."""
 _READY = b"R"
 _REPLACE = b"X"
+_FAILED = b"F"
+"""Followed by the reason, up to the end of the channel: the worker could not start and exits."""
+_CHANNEL_READ_BYTES = 4096
 
 WorkerMain = Callable[[Settings, Sequence[socket.socket], "WorkerLink"], int]
 """Runs the worker in the forked process and returns its exit status."""
@@ -68,9 +73,16 @@ class WorkerLink:
         log.warning("asking the supervisor for a fresh worker process: %s", reason)
         self._send(_REPLACE)
 
-    def _send(self, code: bytes) -> None:
+    def failed(self, reason: str) -> None:
+        """Tell the supervisor why the worker could not start; the worker exits right after, and the supervisor
+        reports the reason (nothing else may be sent)."""
+        self._send(_FAILED + reason.encode("utf-8", "replace"))
+
+    def _send(self, data: bytes) -> None:
+        view = memoryview(data)
         with contextlib.suppress(OSError):
-            os.write(self._fd, code)
+            while view:
+                view = view[os.write(self._fd, view) :]
 
 
 class _State(enum.Enum):
@@ -86,6 +98,8 @@ class _Worker:
     state: _State = _State.STARTING
     ready_at: float = 0.0
     replaces: _Worker | None = None
+    failure: bytearray | None = None
+    """What the worker said after _FAILED: why it could not start."""
 
 
 def bind_listeners(host: str, port: int) -> list[socket.socket]:
@@ -139,16 +153,19 @@ class Supervisor:
         self._restart_at = 0.0
         self._backoff_s = RESTART_MIN_S
         self._ever_ready = False
+        self._start_failure = ""
         self._received: set[int] = set()
 
     def run(self) -> int:
-        """Run until shutdown; returns the exit status (the worker's, 1 when it could not start)."""
+        """Run until shutdown; returns the exit status (the worker's).
+
+        Raises:
+            ConfigError: the embedded NATS server or the HTTP port could not be had, or the first worker could not
+                start (the message is its reason).
+        """
         self._install_signals()
         try:
-            return self._run()
-        except ConfigError as exc:
-            log.critical("%s", exc)
-            return 1
+            status = self._run()
         finally:
             self._stop_all()
             signal.set_wakeup_fd(-1)
@@ -159,6 +176,9 @@ class Supervisor:
                 sock.close()
             if self._nats is not None:
                 self._nats.stop()
+        if self._start_failure:
+            raise ConfigError(self._start_failure)
+        return status
 
     def _run(self) -> int:
         settings = self._settings
@@ -199,8 +219,8 @@ class Supervisor:
 
     def _wait_for_events(self) -> None:
         wake_at = min(self._restart_at or math.inf, self._stop_deadline if self._stopping else math.inf)
-        timeout = None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
-        for key, _ in self._selector.select(timeout):
+        timeout_s = None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
+        for key, _ in self._selector.select(timeout_s):
             if key.fd == self._wakeup_r:
                 with contextlib.suppress(BlockingIOError):
                     self._received.update(os.read(key.fd, 512))
@@ -216,6 +236,7 @@ class Supervisor:
         if pid == 0:
             self._become_worker(channel_w)
         os.close(channel_w)
+        os.set_blocking(channel_r, False)
         worker = _Worker(pid=pid, channel=channel_r, replaces=replaces)
         self._workers[pid] = worker
         if replaces is None:
@@ -253,17 +274,44 @@ class Supervisor:
     def _read_channel(self, fd: int) -> None:
         worker = next((w for w in self._workers.values() if w.channel == fd), None)
         try:
-            data = os.read(fd, 64)
+            data = os.read(fd, _CHANNEL_READ_BYTES)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data or worker is None:
             self._selector.unregister(fd)
             return
-        for code in data:
+        for index, code in enumerate(data):
+            if worker.failure is not None:
+                worker.failure += data[index:]
+                return
             if code == _READY[0]:
                 self._on_ready(worker)
             elif code == _REPLACE[0]:
                 self._on_replace_request(worker)
+            elif code == _FAILED[0]:
+                worker.failure = bytearray()
+
+    def _failure_of(self, worker: _Worker) -> str:
+        """Why an exited worker could not start, "" when it did not say; what is left in its channel is read first
+        (its other messages no longer matter)."""
+        while True:
+            try:
+                data = os.read(worker.channel, _CHANNEL_READ_BYTES)
+            except OSError:  # BlockingIOError included: nothing more to read now
+                break
+            if not data:
+                break
+            if worker.failure is None:
+                # Before _FAILED the channel holds one-byte messages only: the first F is the marker.
+                start = data.find(_FAILED)
+                if start < 0:
+                    continue
+                worker.failure = bytearray()
+                data = data[start + 1 :]
+            worker.failure += data
+        return "" if worker.failure is None else worker.failure.decode("utf-8", "replace")
 
     def _on_ready(self, worker: _Worker) -> None:
         if worker.state is not _State.STARTING:
@@ -304,10 +352,13 @@ class Supervisor:
             # Anything else is an orphan handed to us (as PID 1 in a container): reaped, nothing more.
 
     def _worker_exited(self, worker: _Worker, code: int) -> None:
+        reason = self._failure_of(worker)
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(worker.channel)
         os.close(worker.channel)
         how = f"status {code}" if code >= 0 else f"signal {-code}"
+        if reason and (self._stopping or worker.replaces is not None or self._ever_ready):
+            log.critical("%s", reason)  # only the first worker's reason ends the daemon (run raises it)
         if self._stopping:
             log.info("worker pid=%d exited (%s)", worker.pid, how)
             if worker is self._current or self._status is None:
@@ -322,11 +373,12 @@ class Supervisor:
             return
         self._current = None
         if not self._ever_ready:
-            # The first start failed (bad settings, NATS unreachable, ...): the worker has logged why.
+            # The first start failed (bad settings, NATS unreachable, ...): run raises the reason the worker gave.
             self._status = code if code > 0 else 1
+            self._start_failure = reason
             self._begin_stop()
             return
-        if time.monotonic() - worker.ready_at > HEALTHY_AFTER_S:
+        if worker.ready_at and time.monotonic() - worker.ready_at > HEALTHY_AFTER_S:
             self._backoff_s = RESTART_MIN_S
         log.error("worker pid=%d exited unexpectedly (%s); starting another in %gs", worker.pid, how, self._backoff_s)
         self._restart_at = time.monotonic() + self._backoff_s

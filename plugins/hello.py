@@ -10,8 +10,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from msgscript.lua.module import ModuleContext
-from msgscript.plugins import PluginModules
+from msgscript.lua.api import ModuleContext, PluginModules
 
 GREETING = "Hello from a Go plugin!"
 
@@ -20,6 +19,7 @@ class Hello:
     """The `hello` Lua module."""
 
     name = "hello"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         def hello_print() -> str:

@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import Any
 
-from msgscript.lua.args import to_integer, to_text
-from msgscript.lua.module import ModuleContext
-from msgscript.plugins import PluginModules
+from msgscript.lua.api import ModuleContext, PluginModules, to_integer, to_text
 
 VOID_ELEMENTS = frozenset("area base br col embed hr img input keygen link meta param source track wbr".split())
 """Elements that never have content or an end tag."""

@@ -33,12 +33,18 @@ from typing import Any
 import aiohttp
 import yarl
 
-from msgscript.lua.args import check_self, check_table, check_text, opt_bool
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.modules.json import decode_bytes
-from msgscript.lua.modules.support import LoopCharges
-from msgscript.lua.runtime import error_text, lua_number_text
-from msgscript.plugins import PluginModules
+from msgscript.lua.api import (
+    LoopCharges,
+    ModuleContext,
+    PluginModules,
+    check_self,
+    check_table,
+    check_text,
+    error_text,
+    json_decode_bytes,
+    lua_number_text,
+    opt_bool,
+)
 
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"
 REQUEST_TIMEOUT_S = 60.0
@@ -156,7 +162,7 @@ class VaultClient:
         if body is not None:
             self._ctx.charge(len(body))
         headers = self._headers if body is None else {**self._headers, "Content-Type": "application/json"}
-        session = self._ctx.services.get("http")
+        session = None if self._ctx.services is None else self._ctx.services.http
         try:
             if timeout_s <= 0:
                 raise TimeoutError("context deadline exceeded")
@@ -166,7 +172,7 @@ class VaultClient:
             raise VaultError(f'{method.capitalize()} "{url}": {error_text(exc)}') from exc
         if status >= 400 and not (absent_ok and status == 404):
             raise _response_error(method, url, status, raw)
-        self._ctx.charge(decode_bytes(raw))
+        self._ctx.charge(json_decode_bytes(raw))
         try:
             return status, json.loads(raw) if raw.strip() else None
         except ValueError as exc:

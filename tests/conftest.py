@@ -1,3 +1,6 @@
+"""Fixtures shared by the suite: a fresh nats-server and etcd per test, a NATS client, and in-process daemons on
+the fixture scripts of tests/fixtures.py."""
+
 from __future__ import annotations
 
 import contextlib

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from msgscript.compose import open_executors
 from msgscript.config import Settings
-from msgscript.executors import Executor, open_executors
-from msgscript.executors.base import RunContext
+from msgscript.executors.base import Executor, RunContext
 from msgscript.message import Message, Result
 from msgscript.script import Script
 

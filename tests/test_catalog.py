@@ -6,7 +6,7 @@ import pytest
 
 from msgscript.catalog import INFO_NAMED_SCRIPT, LIST_NAMES, Catalog, CatalogError, CatalogMiss, InvalidCatalogRequest
 from msgscript.script import parse_script
-from msgscript.store.memory import MemoryStore
+from msgscript.store.memory_store import MemoryStore
 
 HELLO = "--* subject: funcs.hello\n--* name: hello\nfunction OnMessage(s, p) return p end\n"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from msgscript.etcd import EtcdClient
+from msgscript.etcd_client import EtcdClient
 from msgscript.message import Reply
 from msgscript.script import Script, parse_script
-from msgscript.store.file import load_file_store, script_file_name
+from msgscript.store.file_store import FileStore, script_file_name
 from tests.conftest import DaemonFactory
 from tests.servers import EtcdServer, free_port
 
@@ -245,7 +245,8 @@ async def test_lib_add_files_and_directories(dirs: tuple[Path, Path], tmp_path: 
     run = await cli(*file_cli(scripts, libs), "lib", "add", "-r", src / "dir")
     assert (run.code, run.err) == (0, "Added 3 libraries\n")
     assert (libs / "deep%2Fc.lua").read_text() == "--* name: deep/c\nC = 3\n"
-    store = load_file_store(str(scripts), str(libs))
+    store = FileStore(scripts, libs)
+    await store.load()
     assert await store.load_libraries(["shout", "a", "deep/c"]) == (parse_script(LIBRARY).content, "A = 1", "C = 3")
 
 

@@ -57,6 +57,22 @@ async def test_unknown_backend_is_one_clear_line(nats_url: str) -> None:
     assert "Traceback" not in err
 
 
+async def test_startup_failures_are_one_bare_line(nats_url: str, tmp_path: Path) -> None:
+    # Said by the command itself, by the supervisor and by the worker: the message alone, as msgscriptcli does.
+    for args, message in [
+        (("-log", "bogus"), "Invalid log level: bogus"),
+        (("-http-token", "env:MSGSCRIPT_NO_SUCH_TOKEN"), "-http-token: environment variable MSGSCRIPT_NO_SUCH_TOKEN"),
+        (("-backend", "sqlite"), "failed to initialize the script store: Unknown backend: sqlite"),
+    ]:
+        code, out, err = await run_msgscript(
+            *args, "-natsurl", nats_url, "-script", str(tmp_path), "-http-host", "127.0.0.1", "-port", str(free_port())
+        )
+        assert code == 1
+        failures = [line for line in err.splitlines() if not line.startswith("time=")]
+        assert len(failures) == 1 and failures[0].startswith(message), err
+        assert message not in out
+
+
 async def test_unreachable_nats_stops_the_start() -> None:
     code, _, err = await run_msgscript(
         "-natsurl", f"nats://127.0.0.1:{free_port()}", "-script", str(EXAMPLES), "-port", str(free_port())

@@ -18,9 +18,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from msgscript.compose import open_store
 from msgscript.config import Settings
 from msgscript.script import parse_script
-from msgscript.store import open_store
 from tests.processes import Daemon, Proc, command_env, start_daemon
 from tests.servers import EtcdServer, NatsServer, free_port
 

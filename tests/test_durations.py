@@ -1,3 +1,5 @@
+"""msgscript.durations: Go duration strings parsed and formatted as Go's time package does."""
+
 from __future__ import annotations
 
 import pytest

@@ -17,8 +17,8 @@ from aetcd import rpc
 
 from msgscript.app import running
 from msgscript.config import Settings
-from msgscript.errors import ConfigError
-from msgscript.etcd import EtcdClient, EtcdCredentials, EtcdError, etcd_credentials
+from msgscript.errors import ConfigError, EtcdError
+from msgscript.etcd_client import EtcdClient, EtcdCredentials, etcd_credentials
 from msgscript.message import Reply
 from tests.credentials import Pki, make_pki
 from tests.processes import command_env, daemon_running, run_msgscript, run_msgscriptcli

@@ -21,9 +21,9 @@ from msgscript.errors import ScriptError, ScriptTimeout
 from msgscript.executors import lua as lua_executor
 from msgscript.executors.base import RunContext
 from msgscript.executors.lua import LuaExecutor
-from msgscript.lua.module import LuaModule, ModuleContext
+from msgscript.lua.api import LuaModule, ModuleContext
 from msgscript.lua.modules import builtin_modules
-from msgscript.lua.runtime import go_float_text, lua_number_text
+from msgscript.lua.numbers import go_float_text, lua_number_text
 from msgscript.message import Message, Result
 from msgscript.script import Script
 

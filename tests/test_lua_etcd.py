@@ -13,8 +13,8 @@ import nats
 import pytest
 
 from msgscript.errors import ScriptTimeout
-from msgscript.etcd import EtcdClient
-from msgscript.executors import Executor
+from msgscript.etcd_client import EtcdClient
+from msgscript.executors.base import Executor
 from msgscript.executors.lua import LuaExecutor
 from msgscript.lua.modules import builtin_modules
 from msgscript.message import Reply

@@ -14,11 +14,12 @@ import nats
 import pytest
 from aiohttp import web
 
+from msgscript._gohttp import canonical_header_key
 from msgscript.errors import ScriptTimeout
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.executors.lua import LuaExecutor
 from msgscript.lua.modules import builtin_modules
-from msgscript.lua.modules.http import BATCH_CONCURRENCY, canonical_header_key
+from msgscript.lua.modules.http import BATCH_CONCURRENCY
 from msgscript.lua.modules.http import module as http_module
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory

@@ -12,7 +12,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.lua.modules.lfs import module as lfs_module
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory

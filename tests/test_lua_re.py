@@ -9,7 +9,7 @@ import nats
 import pytest
 
 from msgscript.errors import ScriptTimeout
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.lua.modules.re import module as re_module
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory

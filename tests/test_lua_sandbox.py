@@ -19,7 +19,7 @@ import pytest
 
 from msgscript.errors import ScriptTimeout
 from msgscript.executors.lua import LuaExecutor
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.api import ModuleContext
 from msgscript.lua.modules import builtin_modules
 from msgscript.lua.runtime import INLINE_PYTHON_BYTES, MAX_OPEN_FILES
 from tests.test_executor_lua import MEMORY_CAP, error_of, run

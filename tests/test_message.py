@@ -1,3 +1,6 @@
+"""msgscript.message: the wire format of Message, Result and Reply, byte for byte as the Go server writes it,
+and the envelope decoding of incoming NATS data."""
+
 from __future__ import annotations
 
 from typing import Any

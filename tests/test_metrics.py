@@ -15,8 +15,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from msgscript import __version__
-from msgscript.cluster import EtcdLock
-from msgscript.etcd import EtcdClient
+from msgscript.etcd_client import EtcdClient
+from msgscript.etcd_lock import EtcdLock
 from msgscript.metrics import Metrics
 from msgscript.script import parse_script
 from tests.conftest import DaemonFactory

@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from msgscript.cli.server import command as daemon_command
-from msgscript.plugins import plugin_files
+from msgscript.lua.plugin_loader import plugin_files
 from tests.servers import missing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,8 +285,8 @@ def test_our_options_become_daemon_flags_and_extra_args_come_last(render: Render
     params = accepted_by_daemon(args)
     assert params["port"] == 8080
     assert params["queue_group"] == "workers"
-    assert params["timeout"] == 90.0
-    assert params["max_memory"] == 64 * 1024 * 1024
+    assert params["script_timeout_s"] == 90.0
+    assert params["max_memory_bytes"] == 64 * 1024 * 1024
     assert params["max_in_flight"] == 32
     assert params["log_level"] == "debug"
 
@@ -301,7 +301,7 @@ def test_empty_queue_group_is_a_value(render: Render) -> None:
     rendered = render('{ enable = true; queueGroup = ""; maxMemory = 1048576; }')
     params = accepted_by_daemon(flags(rendered))
     assert params["queue_group"] == ""
-    assert params["max_memory"] == 1048576
+    assert params["max_memory_bytes"] == 1048576
 
 
 def test_values_are_quoted_for_systemd(render: Render) -> None:

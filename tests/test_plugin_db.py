@@ -1,14 +1,21 @@
-"""The db plugin (`mysql`, `postgres`, `sqlite3`) against the real MariaDB and PostgreSQL and SQLite files."""
+"""The db plugin (`mysql`, `postgres`, `sqlite3`) against the real MariaDB and PostgreSQL and SQLite files.
+
+`mysql` and `postgres` share one suite: each behaviour is written once and runs on both servers (the `backend`
+fixture), with what each server answers given next to the case where the texts differ. Cases that exist on one
+server only (value types, escaping rules, several statements in one query, a driver's own options) name it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import nats
 import psycopg
@@ -16,7 +23,7 @@ import pymysql
 import pytest
 
 from msgscript.errors import ScriptTimeout
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message
@@ -54,47 +61,150 @@ async def poll(check: Any, timeout_s: float = 10.0) -> bool:
     return bool(check())
 
 
+def fullmatch(pattern: bytes, text: bytes | None) -> bool:
+    """Whether the whole of `text` matches `pattern` (across lines: a server's error may span several)."""
+    return text is not None and re.fullmatch(pattern, text, re.DOTALL) is not None
+
+
+class Server(Protocol):
+    """The test's own connection to a database server, to prepare tables and see what scripts did."""
+
+    def execute(self, sql: str) -> None: ...
+
+    def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any: ...
+
+    def is_running(self, marker: str) -> bool:
+        """Whether a query whose text holds `marker` is still running on the server."""
+        ...
+
+    def has_session(self, session_id: int) -> bool:
+        """Whether the connection with the server's id `session_id` is still open."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class MariaDB:
+    """A connection to the local MariaDB; skips the test (fails it under CI) when there is none."""
+
+    def __init__(self) -> None:
+        try:
+            self.conn = pymysql.connect(**MYSQL, autocommit=True, connect_timeout=5)
+        except pymysql.err.MySQLError:
+            missing("MariaDB on 127.0.0.1:3306")
+
+    def execute(self, sql: str) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql)
+
+    def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        with self.conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+
+    def is_running(self, marker: str) -> bool:
+        (count,) = self.fetchone(
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s", (f"%{marker}%",)
+        )
+        # This query's own text contains the marker too.
+        return int(count) > 1
+
+    def has_session(self, session_id: int) -> bool:
+        (count,) = self.fetchone("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (session_id,))
+        return int(count) > 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgreSQL:
+    """A connection to the local PostgreSQL; skips the test (fails it under CI) when there is none."""
+
+    def __init__(self) -> None:
+        try:
+            self.conn = psycopg.connect(**POSTGRES, autocommit=True, connect_timeout=5)
+        except psycopg.Error:
+            missing("PostgreSQL on 127.0.0.1:5432")
+
+    def execute(self, sql: str) -> None:
+        self.conn.execute(sql)
+
+    def fetchone(self, sql: str, params: tuple[object, ...] = ()) -> Any:
+        return self.conn.execute(sql, params).fetchone()
+
+    def is_running(self, marker: str) -> bool:
+        (count,) = self.fetchone(
+            "SELECT COUNT(*) FROM pg_stat_activity"
+            " WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
+            (f"%{marker}%",),
+        )
+        return bool(count)
+
+    def has_session(self, session_id: int) -> bool:
+        (count,) = self.fetchone("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s", (session_id,))
+        return bool(count)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One of the two database servers, as a script reaches it and as the test checks on it."""
+
+    module: str
+    """The Lua module; also the test id."""
+    options: str
+    """The Lua options table of connect() for the local server."""
+    sleep: str
+    """The SQL function that sleeps for its argument in seconds."""
+    session_id: str
+    """The SQL expression of the server's id for the current connection."""
+    server: Callable[[], Server]
+
+
+BACKENDS = {
+    "mysql": Backend("mysql", MYSQL_LUA, "SLEEP", "CONNECTION_ID()", MariaDB),
+    "postgres": Backend("postgres", POSTGRES_LUA, "pg_sleep", "pg_backend_pid()", PostgreSQL),
+}
+
+
+def only(module: str) -> pytest.MarkDecorator:
+    """Run a test on one server only: the case does not exist, or reads differently, on the other."""
+    return pytest.mark.parametrize("backend", [module], indirect=True)
+
+
+def per_server(argnames: str, **cases: tuple[object, ...]) -> pytest.MarkDecorator:
+    """Run a test on each server (a keyword per Lua module) with that server's values of `argnames`."""
+    return pytest.mark.parametrize(
+        ["backend", *(name.strip() for name in argnames.split(","))],
+        [(module, *values) for module, values in cases.items()],
+        ids=list(cases),
+        indirect=["backend"],
+    )
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest) -> Backend:
+    return BACKENDS[request.param]
+
+
 @pytest.fixture
-def mysql_conn() -> Iterator[Any]:
+def server(backend: Backend) -> Iterator[Server]:
+    server = backend.server()
     try:
-        conn = pymysql.connect(**MYSQL, autocommit=True, connect_timeout=5)
-    except pymysql.err.MySQLError:
-        missing("MariaDB on 127.0.0.1:3306")
-    try:
-        yield conn
+        yield server
     finally:
-        conn.close()
+        server.close()
 
 
 @pytest.fixture
-def pg_conn() -> Iterator[Any]:
-    try:
-        conn = psycopg.connect(**POSTGRES, autocommit=True, connect_timeout=5)
-    except psycopg.Error:
-        missing("PostgreSQL on 127.0.0.1:5432")
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@pytest.fixture
-def mysql_table(mysql_conn: Any) -> Iterator[str]:
+def table(server: Server) -> Iterator[str]:
     name = unique("msgscript_t")
     try:
         yield name
     finally:
-        with mysql_conn.cursor() as cursor:
-            cursor.execute(f"DROP TABLE IF EXISTS {name}")
-
-
-@pytest.fixture
-def pg_table(pg_conn: Any) -> Iterator[str]:
-    name = unique("msgscript_t")
-    try:
-        yield name
-    finally:
-        pg_conn.execute(f"DROP TABLE IF EXISTS {name}")
+        server.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 @pytest.fixture
@@ -103,69 +213,227 @@ async def ex() -> AsyncIterator[Executor]:
         yield executor
 
 
-def mysql_query_running(conn: Any, marker: str) -> bool:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE %s", (f"%{marker}%",))
-        (count,) = cursor.fetchone()
-    # This query's own text contains the marker too.
-    return int(count) > 1
+# mysql and postgres
 
 
-def mysql_connection_exists(conn: Any, thread_id: int) -> bool:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s", (thread_id,))
-        (count,) = cursor.fetchone()
-    return int(count) > 0
-
-
-def pg_query_running(conn: Any, marker: str) -> bool:
-    row = conn.execute(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s AND pid <> pg_backend_pid()",
-        (f"%{marker}%",),
-    ).fetchone()
-    return bool(row[0])
-
-
-def pg_backend_exists(conn: Any, pid: int) -> bool:
-    return bool(conn.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0])
-
-
-# mysql
-
-
-async def test_mysql_connect_query_and_close(ex: Executor, mysql_conn: Any, mysql_table: str) -> None:
+async def test_connect_query_and_close(ex: Executor, backend: Backend, server: Server, table: str) -> None:
     body = f"""
-        local mysql = require("mysql")
-        local c = mysql.new()
-        local ok, err = c:connect({MYSQL_LUA})
+        local c = require("{backend.module}").new()
+        local ok, err = c:connect({backend.options})
         assert(ok == true and err == nil, err)
-        local created, err2 = c:query("CREATE TABLE {mysql_table} (id INT PRIMARY KEY, name VARCHAR(20))")
+        local created, err2 = c:query("CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(20))")
         assert(err2 == nil and type(created) == "table" and #created == 0, err2)
-        assert(#c:query("INSERT INTO {mysql_table} VALUES (1, 'one'), (2, 'two')") == 0)
-        local rows = c:query("SELECT id, name FROM {mysql_table} ORDER BY id")
+        assert(#c:query("INSERT INTO {table} VALUES (1, 'one'), (2, 'two')") == 0)
+        local rows = c:query("SELECT id, name FROM {table} ORDER BY id")
         local closed = c:close()
         return #rows .. rows[1].name .. rows[2].id .. tostring(closed)
     """
     assert await on_message(ex, body) == b"2one2true"
-    with mysql_conn.cursor() as cursor:
-        cursor.execute(f"SELECT name FROM {mysql_table} WHERE id = 2")
-        assert cursor.fetchone() == ("two",)  # committed: every statement commits on its own
+    # Committed: every statement commits on its own.
+    assert server.fetchone(f"SELECT name FROM {table} WHERE id = 2") == ("two",)
 
 
-async def test_mysql_value_types(ex: Executor, mysql_conn: Any, mysql_table: str) -> None:
-    with mysql_conn.cursor() as cursor:
-        cursor.execute(
-            f"CREATE TABLE {mysql_table} (i INT, big BIGINT, d DOUBLE, dec_ DECIMAL(6,2), s VARCHAR(10),"
-            " dt DATETIME, b BLOB, flag BOOLEAN, nothing INT)"
-        )
-        cursor.execute(
-            f"INSERT INTO {mysql_table} VALUES (-7, 4294967297, 1.5, 12.50, 'héllo',"
-            " '2024-03-01 12:34:56', x'00ff', TRUE, NULL)"
-        )
+@per_server(
+    "text",
+    mysql=(b'it\'s a "quote" \\ back\r\n\x1a\x00 end',),
+    postgres=(b"it's a \"quote\" \\ back\r\n'' end",),  # a PostgreSQL string cannot hold NUL
+)
+@pytest.mark.usefixtures("server")
+async def test_escaped_text_round_trips(ex: Executor, backend: Backend, text: bytes) -> None:
+    body = f"""
+        local db = require("{backend.module}")
+        local c = db.new()
+        c:connect({backend.options})
+        local rows = c:query("SELECT '" .. db.escape(payload) .. "' AS v")
+        return rows[1].v
+    """
+    assert await on_message(ex, body, text) == text
+
+
+@per_server(
+    "unknown, syntax_error, unknown_error",
+    mysql=(
+        "SELECT * FROM msgscript_no_such_table",
+        # The rest of MariaDB's text names the server and its version.
+        rb"Error 1064 \(42000\): You have an error in your SQL syntax.*",
+        re.escape(b"Error 1146 (42S02): Table 'test.msgscript_no_such_table' doesn't exist"),
+    ),
+    postgres=(
+        "SELECT nosuch FROM pg_class",
+        re.escape(b'syntax error at or near "SELEKT"'),
+        re.escape(b'column "nosuch" does not exist'),
+    ),
+)
+@pytest.mark.usefixtures("server")
+async def test_bad_sql_is_an_error_return(
+    ex: Executor, backend: Backend, unknown: str, syntax_error: bytes, unknown_error: bytes
+) -> None:
+    body = f"""
+        local c = require("{backend.module}").new()
+        c:connect({backend.options})
+        local rows, err = c:query("SELEKT 1")
+        local rows2, err2 = c:query("{unknown}")
+        local after = c:query("SELECT 3 AS n")
+        return tostring(rows) .. "|" .. err .. "|" .. tostring(rows2) .. "|" .. err2 .. "|" .. after[1].n
+    """
+    result = await on_message(ex, body)
+    assert result is not None
+    first, message, second, message2, after = result.split(b"|")
+    assert (first, second, after) == (b"nil", b"nil", b"3")
+    assert fullmatch(syntax_error, message), message
+    assert fullmatch(unknown_error, message2), message2
+
+
+@per_server(
+    "options, error",
+    mysql=(
+        '{host = "127.0.0.1", user = "msgscript_nobody", password = "wrong"}',
+        rb"Error 1045 \(28000\): Access denied for user 'msgscript_nobody'@.*\(using password: YES\)",
+    ),
+    postgres=(
+        '{host = "127.0.0.1", user = "msgscript_nobody", database = "test"}',
+        rb'connection failed: .*role "msgscript_nobody" does not exist',
+    ),
+)
+@pytest.mark.usefixtures("server")
+async def test_bad_credentials(ex: Executor, backend: Backend, options: str, error: bytes) -> None:
+    body = f"""
+        local c = require("{backend.module}").new()
+        local ok, err = c:connect({options})
+        local rows, err2 = c:query("SELECT 1")
+        return tostring(ok) .. "|" .. err .. "|" .. err2
+    """
+    result = await on_message(ex, body)
+    assert fullmatch(rb"false\|" + error + rb"\|connect required", result), result
+
+
+@per_server(
+    "options, error",
+    mysql=("", rb"Error 2003: Can't connect to MySQL server on '127\.0\.0\.1'"),
+    postgres=(', user = "x"', rb"connection failed: "),
+)
+async def test_refused_port(ex: Executor, backend: Backend, options: str, error: bytes) -> None:
+    port = free_port()
+    body = f"""
+        local ok, err = require("{backend.module}").new():connect({{host = "127.0.0.1", port = {port}{options}}})
+        return tostring(ok) .. "|" .. err
+    """
+    result = await on_message(ex, body)
+    assert fullmatch(rb"false\|" + error + rb".*", result), result
+    assert result is not None and b"Connection refused" in result
+
+
+async def test_calls_without_a_connection(ex: Executor, backend: Backend) -> None:
+    body = f"""
+        local c = require("{backend.module}").new()
+        local r1, e1 = c:query("SELECT 1")
+        local k1, ke1 = c:set_keepalive(1000, 5)
+        local closed = c:close()
+        return tostring(r1) .. "|" .. e1 .. "|" .. tostring(k1) .. "|" .. ke1 .. "|" .. tostring(closed)
+    """
+    assert await on_message(ex, body) == b"nil|connect required|nil|connect required|true"
+
+
+@pytest.mark.usefixtures("server")
+async def test_keepalive_empty_query_and_closed_client(ex: Executor, backend: Backend) -> None:
+    body = f"""
+        local c = require("{backend.module}").new()
+        c:connect({backend.options})
+        local kept = c:set_keepalive(10000, 10)
+        local r, e = c:query("")
+        c:close()
+        local r2, e2 = c:query("SELECT 1")
+        return tostring(kept) .. "|" .. tostring(r) .. "|" .. e .. "|" .. e2 .. "|" .. tostring(c:close())
+    """
+    assert await on_message(ex, body) == b"true|nil|query excepted|connect required|true"
+
+
+async def test_argument_errors(ex: Executor, backend: Backend) -> None:
+    body = f"""
+        local c = require("{backend.module}").new()
+        local ok1, e1 = pcall(function() local r = c:connect() return r end)
+        local ok2, e2 = pcall(function() local r = c.query("SELECT 1") return r end)
+        return e1 .. "|" .. e2
+    """
+    assert await on_message(ex, body) == (
+        b"<string>:4: bad argument #2 to 'connect' (options excepted)|"
+        b"<string>:5: bad argument #1 to 'query' (client expected, got string)"
+    )
+
+
+async def test_set_timeout_interrupts_a_query(ex: Executor, backend: Backend, server: Server) -> None:
+    marker = unique("msgscript_sleep")
+    body = f"""
+        local c = require("{backend.module}").new()
+        c:set_timeout(300)
+        c:connect({backend.options})
+        local rows, err = c:query("SELECT {backend.sleep}(20) AS {marker}")
+        local after = c:query("SELECT 5 AS n")
+        return tostring(rows) .. "|" .. err .. "|" .. after[1].n
+    """
+    assert await on_message(ex, body) == b"nil|query timed out after 300ms|5"
+    assert not server.is_running(marker)
+
+
+async def test_query_past_the_script_deadline_is_interrupted(ex: Executor, backend: Backend, server: Server) -> None:
+    marker = unique("msgscript_sleep")
+    body = f"""
+        local c = require("{backend.module}").new()
+        c:connect({backend.options})
+        c:query("SELECT {backend.sleep}(30) AS {marker}")
+        return "not reached"
+    """
+    started = time.monotonic()
+    with pytest.raises(ScriptTimeout, match="script timed out after 1s"):
+        await on_message(ex, body, timeout_s=1.0)
+    assert time.monotonic() - started < 15  # the 30 s query did not run to its end
+    assert await poll(lambda: not server.is_running(marker))
+
+
+async def test_unclosed_connection_is_closed_when_the_execution_ends(
+    ex: Executor, backend: Backend, server: Server
+) -> None:
+    body = f"""
+        local c = require("{backend.module}").new()
+        c:connect({backend.options})
+        return tostring(c:query("SELECT {backend.session_id} AS id")[1].id)
+    """
+    session_id = int(await on_message(ex, body) or b"0")
+    assert session_id > 0
+    assert await poll(lambda: not server.has_session(session_id))
+
+
+async def test_connecting_again_closes_the_first_connection(ex: Executor, backend: Backend, server: Server) -> None:
+    body = f"""
+        local c = require("{backend.module}").new()
+        c:connect({backend.options})
+        local first = c:query("SELECT {backend.session_id} AS id")[1].id
+        c:connect({backend.options})
+        local second = c:query("SELECT {backend.session_id} AS id")[1].id
+        c:close()
+        return first .. " " .. second
+    """
+    first, second = (await on_message(ex, body) or b"").split()
+    assert first != second
+    assert await poll(lambda: not server.has_session(int(first)))
+
+
+# mysql only
+
+
+@only("mysql")
+async def test_mysql_value_types(ex: Executor, server: Server, table: str) -> None:
+    server.execute(
+        f"CREATE TABLE {table} (i INT, big BIGINT, d DOUBLE, dec_ DECIMAL(6,2), s VARCHAR(10),"
+        " dt DATETIME, b BLOB, flag BOOLEAN, nothing INT)"
+    )
+    server.execute(
+        f"INSERT INTO {table} VALUES (-7, 4294967297, 1.5, 12.50, 'héllo', '2024-03-01 12:34:56', x'00ff', TRUE, NULL)"
+    )
     body = f"""{DESCRIBE}
         local c = require("mysql").new()
         c:connect({MYSQL_LUA})
-        local rows = c:query("SELECT * FROM {mysql_table}")
+        local rows = c:query("SELECT * FROM {table}")
         return describe(rows[1]) .. "|" .. #rows[1].b .. "|" .. string.byte(rows[1].b, 2)
     """
     assert await on_message(ex, body) == (
@@ -174,7 +442,7 @@ async def test_mysql_value_types(ex: Executor, mysql_conn: Any, mysql_table: str
     )
 
 
-async def test_mysql_escape(ex: Executor, mysql_conn: Any) -> None:
+async def test_mysql_escape(ex: Executor) -> None:
     body = r"""
         local mysql = require("mysql")
         return mysql.escape('I\'m busy.\r\n"Apple"') .. "|" .. mysql.escape("a\\b\26c\0d") .. "|" .. mysql.escape()
@@ -182,61 +450,9 @@ async def test_mysql_escape(ex: Executor, mysql_conn: Any) -> None:
     assert await on_message(ex, body) == b'I\\\'m busy.\\r\\n\\"Apple\\"|a\\\\b\\Zc\\0d|'
 
 
-async def test_mysql_escaped_text_round_trips(ex: Executor, mysql_conn: Any) -> None:
-    body = f"""
-        local mysql = require("mysql")
-        local c = mysql.new()
-        c:connect({MYSQL_LUA})
-        local rows = c:query("SELECT '" .. mysql.escape(payload) .. "' AS v")
-        return rows[1].v
-    """
-    tricky = b'it\'s a "quote" \\ back\r\n\x1a\x00 end'
-    assert await on_message(ex, body, tricky) == tricky
-
-
-async def test_mysql_bad_sql_is_an_error_return(ex: Executor, mysql_conn: Any) -> None:
-    body = f"""
-        local c = require("mysql").new()
-        c:connect({MYSQL_LUA})
-        local rows, err = c:query("SELEKT 1")
-        local rows2, err2 = c:query("SELECT * FROM msgscript_no_such_table")
-        local after = c:query("SELECT 3 AS n")
-        return tostring(rows) .. "|" .. err .. "|" .. tostring(rows2) .. "|" .. err2 .. "|" .. after[1].n
-    """
-    result = await on_message(ex, body)
-    assert result is not None
-    first, message, second, message2, after = result.split(b"|")
-    assert (first, second, after) == (b"nil", b"nil", b"3")
-    assert message.startswith(b"Error 1064 (42000): You have an error in your SQL syntax")
-    assert message2 == b"Error 1146 (42S02): Table 'test.msgscript_no_such_table' doesn't exist"
-
-
-async def test_mysql_bad_credentials(ex: Executor, mysql_conn: Any) -> None:
-    body = """
-        local c = require("mysql").new()
-        local ok, err = c:connect({host = "127.0.0.1", user = "msgscript_nobody", password = "wrong"})
-        local rows, err2 = c:query("SELECT 1")
-        return tostring(ok) .. "|" .. err .. "|" .. err2
-    """
-    result = await on_message(ex, body)
-    assert result is not None
-    assert result.startswith(b"false|Error 1045 (28000): Access denied for user 'msgscript_nobody'@")
-    assert result.endswith(b"(using password: YES)|connect required")
-
-
-async def test_mysql_refused_port(ex: Executor) -> None:
-    port = free_port()
-    body = f"""
-        local ok, err = require("mysql").new():connect({{host = "127.0.0.1", port = {port}}})
-        return tostring(ok) .. "|" .. err
-    """
-    result = await on_message(ex, body)
-    assert result is not None
-    assert result.startswith(b"false|Error 2003: Can't connect to MySQL server on '127.0.0.1'")
-    assert b"Connection refused" in result
-
-
-async def test_mysql_charset_option(ex: Executor, mysql_conn: Any) -> None:
+@only("mysql")
+@pytest.mark.usefixtures("server")
+async def test_mysql_charset_option(ex: Executor) -> None:
     body = """
         local mysql = require("mysql")
         local c = mysql.new()
@@ -248,119 +464,12 @@ async def test_mysql_charset_option(ex: Executor, mysql_conn: Any) -> None:
     assert await on_message(ex, body) == b"true|latin1|false|unknown charset klingon|0.0.0"
 
 
-async def test_mysql_calls_without_a_connection(ex: Executor) -> None:
-    body = """
-        local c = require("mysql").new()
-        local r1, e1 = c:query("SELECT 1")
-        local k1, ke1 = c:set_keepalive(1000, 5)
-        local closed = c:close()
-        return tostring(r1) .. "|" .. e1 .. "|" .. tostring(k1) .. "|" .. ke1 .. "|" .. tostring(closed)
-    """
-    assert await on_message(ex, body) == b"nil|connect required|nil|connect required|true"
+# postgres only
 
 
-async def test_mysql_keepalive_empty_query_and_closed_client(ex: Executor, mysql_conn: Any) -> None:
-    body = f"""
-        local c = require("mysql").new()
-        c:connect({MYSQL_LUA})
-        local kept = c:set_keepalive(10000, 10)
-        local r, e = c:query("")
-        c:close()
-        local r2, e2 = c:query("SELECT 1")
-        return tostring(kept) .. "|" .. tostring(r) .. "|" .. e .. "|" .. e2 .. "|" .. tostring(c:close())
-    """
-    assert await on_message(ex, body) == b"true|nil|query excepted|connect required|true"
-
-
-async def test_mysql_argument_errors(ex: Executor) -> None:
-    body = """
-        local c = require("mysql").new()
-        local ok1, e1 = pcall(function() local r = c:connect() return r end)
-        local ok2, e2 = pcall(function() local r = c.query("SELECT 1") return r end)
-        return e1 .. "|" .. e2
-    """
-    assert await on_message(ex, body) == (
-        b"<string>:4: bad argument #2 to 'connect' (options excepted)|"
-        b"<string>:5: bad argument #1 to 'query' (client expected, got string)"
-    )
-
-
-async def test_mysql_set_timeout_interrupts_a_query(ex: Executor, mysql_conn: Any) -> None:
-    marker = unique("msgscript_sleep")
-    body = f"""
-        local c = require("mysql").new()
-        c:set_timeout(300)
-        c:connect({MYSQL_LUA})
-        local rows, err = c:query("SELECT SLEEP(20) AS {marker}")
-        local after = c:query("SELECT 5 AS n")
-        return tostring(rows) .. "|" .. err .. "|" .. after[1].n
-    """
-    assert await on_message(ex, body) == b"nil|query timed out after 300ms|5"
-    assert not mysql_query_running(mysql_conn, marker)
-
-
-async def test_mysql_query_past_the_script_deadline_is_interrupted(ex: Executor, mysql_conn: Any) -> None:
-    marker = unique("msgscript_sleep")
-    body = f"""
-        local c = require("mysql").new()
-        c:connect({MYSQL_LUA})
-        c:query("SELECT SLEEP(30) AS {marker}")
-        return "not reached"
-    """
-    started = time.monotonic()
-    with pytest.raises(ScriptTimeout, match="script timed out after 1s"):
-        await on_message(ex, body, timeout_s=1.0)
-    assert time.monotonic() - started < 15  # the 30 s query did not run to its end
-    assert await poll(lambda: not mysql_query_running(mysql_conn, marker))
-
-
-async def test_mysql_unclosed_connection_is_closed_when_the_execution_ends(ex: Executor, mysql_conn: Any) -> None:
-    body = f"""
-        local c = require("mysql").new()
-        c:connect({MYSQL_LUA})
-        return tostring(c:query("SELECT CONNECTION_ID() AS id")[1].id)
-    """
-    thread_id = int(await on_message(ex, body) or b"0")
-    assert thread_id > 0
-    assert await poll(lambda: not mysql_connection_exists(mysql_conn, thread_id))
-
-
-async def test_mysql_connecting_again_closes_the_first_connection(ex: Executor, mysql_conn: Any) -> None:
-    body = f"""
-        local c = require("mysql").new()
-        c:connect({MYSQL_LUA})
-        local first = c:query("SELECT CONNECTION_ID() AS id")[1].id
-        c:connect({MYSQL_LUA})
-        local second = c:query("SELECT CONNECTION_ID() AS id")[1].id
-        c:close()
-        return first .. " " .. second
-    """
-    first, second = (await on_message(ex, body) or b"").split()
-    assert first != second
-    assert await poll(lambda: not mysql_connection_exists(mysql_conn, int(first)))
-
-
-# postgres
-
-
-async def test_postgres_connect_query_and_close(ex: Executor, pg_conn: Any, pg_table: str) -> None:
-    body = f"""
-        local postgres = require("postgres")
-        local c = postgres.new()
-        local ok, err = c:connect({POSTGRES_LUA})
-        assert(ok == true and err == nil, err)
-        local created, err2 = c:query("CREATE TABLE {pg_table} (id INT PRIMARY KEY, name TEXT)")
-        assert(err2 == nil and #created == 0, err2)
-        assert(#c:query("INSERT INTO {pg_table} VALUES (1, 'one'), (2, 'two')") == 0)
-        local rows = c:query("SELECT id, name FROM {pg_table} ORDER BY id")
-        local closed = c:close()
-        return #rows .. rows[1].name .. rows[2].id .. tostring(closed)
-    """
-    assert await on_message(ex, body) == b"2one2true"
-    assert pg_conn.execute(f"SELECT name FROM {pg_table} WHERE id = 2").fetchone() == ("two",)
-
-
-async def test_postgres_value_types(ex: Executor, pg_conn: Any) -> None:
+@only("postgres")
+@pytest.mark.usefixtures("server")
+async def test_postgres_value_types(ex: Executor) -> None:
     body = f"""{DESCRIBE}
         local c = require("postgres").new()
         c:connect({POSTGRES_LUA})
@@ -377,7 +486,13 @@ async def test_postgres_value_types(ex: Executor, pg_conn: Any) -> None:
     )
 
 
-async def test_postgres_several_statements_give_the_first_result(ex: Executor, pg_conn: Any) -> None:
+async def test_postgres_escape_doubles_quotes(ex: Executor) -> None:
+    assert await on_message(ex, """return require("postgres").escape("it's")""") == b"it''s"
+
+
+@only("postgres")
+@pytest.mark.usefixtures("server")
+async def test_postgres_several_statements_give_the_first_result(ex: Executor) -> None:
     body = f"""
         local c = require("postgres").new()
         c:connect({POSTGRES_LUA})
@@ -387,25 +502,26 @@ async def test_postgres_several_statements_give_the_first_result(ex: Executor, p
     assert await on_message(ex, body) == b"1nilnil"
 
 
-async def test_postgres_rows_of_later_statements_are_read_and_dropped(
-    ex: Executor, pg_conn: Any, pg_table: str
-) -> None:
+@only("postgres")
+async def test_postgres_rows_of_later_statements_are_read_and_dropped(ex: Executor, server: Server, table: str) -> None:
     # Rows stream one at a time: the later statements still run, their rows are not kept, and an error in any
     # statement is the query's error, with the connection ready for the next one.
-    pg_conn.execute(f"CREATE TABLE {pg_table} (name text)")
+    server.execute(f"CREATE TABLE {table} (name text)")
     body = f"""
         local c = require("postgres").new()
         c:connect({POSTGRES_LUA})
-        local rows = c:query("SELECT n FROM generate_series(1, 3) AS n; INSERT INTO {pg_table} (name) VALUES ('later');"
+        local rows = c:query("SELECT n FROM generate_series(1, 3) AS n; INSERT INTO {table} (name) VALUES ('later');"
           .. " SELECT n FROM generate_series(1, 1000) AS n")
         local failed, err = c:query("SELECT 1; SELECT 1 / 0")
-        local again = c:query("SELECT name FROM {pg_table}")
+        local again = c:query("SELECT name FROM {table}")
         return #rows .. rows[3].n .. "|" .. tostring(failed) .. "|" .. err .. "|" .. again[1].name
     """
     assert await on_message(ex, body) == b"33|nil|division by zero|later"
 
 
-async def test_postgres_copy_is_refused_and_the_connection_closed(ex: Executor, pg_conn: Any) -> None:
+@only("postgres")
+@pytest.mark.usefixtures("server")
+async def test_postgres_copy_is_refused_and_the_connection_closed(ex: Executor) -> None:
     body = f"""
         local c = require("postgres").new()
         c:connect({POSTGRES_LUA})
@@ -414,118 +530,6 @@ async def test_postgres_copy_is_refused_and_the_connection_closed(ex: Executor, 
         return tostring(rows) .. "|" .. err .. "|" .. tostring(after) .. "|" .. after_err
     """
     assert await on_message(ex, body) == b"nil|COPY cannot be used in a query|nil|connect required"
-
-
-async def test_postgres_escape(ex: Executor, pg_conn: Any) -> None:
-    body = f"""
-        local postgres = require("postgres")
-        local c = postgres.new()
-        c:connect({POSTGRES_LUA})
-        local rows = c:query("SELECT '" .. postgres.escape(payload) .. "' AS v")
-        return postgres.escape("it's") .. "|" .. rows[1].v
-    """
-    tricky = b"it's a \"quote\" \\ back\r\n'' end"
-    assert await on_message(ex, body, tricky) == b"it''s|" + tricky
-
-
-async def test_postgres_bad_sql_is_an_error_return(ex: Executor, pg_conn: Any) -> None:
-    body = f"""
-        local c = require("postgres").new()
-        c:connect({POSTGRES_LUA})
-        local rows, err = c:query("SELEKT 1")
-        local rows2, err2 = c:query("SELECT nosuch FROM pg_class")
-        local after = c:query("SELECT 3 AS n")
-        return tostring(rows) .. "|" .. err .. "|" .. tostring(rows2) .. "|" .. err2 .. "|" .. after[1].n
-    """
-    assert await on_message(ex, body) == (b'nil|syntax error at or near "SELEKT"|nil|column "nosuch" does not exist|3')
-
-
-async def test_postgres_bad_credentials(ex: Executor, pg_conn: Any) -> None:
-    body = """
-        local c = require("postgres").new()
-        local ok, err = c:connect({host = "127.0.0.1", user = "msgscript_nobody", database = "test"})
-        local rows, err2 = c:query("SELECT 1")
-        return tostring(ok) .. "|" .. err .. "|" .. err2
-    """
-    result = await on_message(ex, body)
-    assert result is not None
-    assert result.startswith(b"false|connection failed: ")
-    assert result.endswith(b'role "msgscript_nobody" does not exist|connect required')
-
-
-async def test_postgres_refused_port(ex: Executor) -> None:
-    port = free_port()
-    body = f"""
-        local ok, err = require("postgres").new():connect({{host = "127.0.0.1", port = {port}, user = "x"}})
-        return tostring(ok) .. "|" .. err
-    """
-    result = await on_message(ex, body)
-    assert result is not None
-    assert result.startswith(b"false|connection failed: ")
-    assert b"Connection refused" in result
-
-
-async def test_postgres_calls_without_a_connection(ex: Executor) -> None:
-    body = """
-        local c = require("postgres").new()
-        local r1, e1 = c:query("SELECT 1")
-        local k1, ke1 = c:set_keepalive(1000, 5)
-        return tostring(r1) .. "|" .. e1 .. "|" .. tostring(k1) .. "|" .. ke1 .. "|" .. tostring(c:close())
-    """
-    assert await on_message(ex, body) == b"nil|connect required|nil|connect required|true"
-
-
-async def test_postgres_keepalive_empty_query_and_closed_client(ex: Executor, pg_conn: Any) -> None:
-    body = f"""
-        local c = require("postgres").new()
-        c:connect({POSTGRES_LUA})
-        local kept = c:set_keepalive(10000, 10)
-        local r, e = c:query("")
-        c:close()
-        local r2, e2 = c:query("SELECT 1")
-        return tostring(kept) .. "|" .. tostring(r) .. "|" .. e .. "|" .. e2
-    """
-    assert await on_message(ex, body) == b"true|nil|query excepted|connect required"
-
-
-async def test_postgres_set_timeout_interrupts_a_query(ex: Executor, pg_conn: Any) -> None:
-    marker = unique("msgscript_sleep")
-    body = f"""
-        local c = require("postgres").new()
-        c:set_timeout(300)
-        c:connect({POSTGRES_LUA})
-        local rows, err = c:query("SELECT pg_sleep(20) AS {marker}")
-        local after = c:query("SELECT 5 AS n")
-        return tostring(rows) .. "|" .. err .. "|" .. after[1].n
-    """
-    assert await on_message(ex, body) == b"nil|query timed out after 300ms|5"
-    assert not pg_query_running(pg_conn, marker)
-
-
-async def test_postgres_query_past_the_script_deadline_is_interrupted(ex: Executor, pg_conn: Any) -> None:
-    marker = unique("msgscript_sleep")
-    body = f"""
-        local c = require("postgres").new()
-        c:connect({POSTGRES_LUA})
-        c:query("SELECT pg_sleep(30) AS {marker}")
-        return "not reached"
-    """
-    started = time.monotonic()
-    with pytest.raises(ScriptTimeout, match="script timed out after 1s"):
-        await on_message(ex, body, timeout_s=1.0)
-    assert time.monotonic() - started < 15
-    assert await poll(lambda: not pg_query_running(pg_conn, marker))
-
-
-async def test_postgres_unclosed_connection_is_closed_when_the_execution_ends(ex: Executor, pg_conn: Any) -> None:
-    body = f"""
-        local c = require("postgres").new()
-        c:connect({POSTGRES_LUA})
-        return tostring(c:query("SELECT pg_backend_pid() AS pid")[1].pid)
-    """
-    pid = int(await on_message(ex, body) or b"0")
-    assert pid > 0
-    assert await poll(lambda: not pg_backend_exists(pg_conn, pid))
 
 
 # sqlite3
@@ -714,9 +718,9 @@ end
 """
 
 
-async def test_db_modules_through_a_daemon(
-    make_daemon: DaemonFactory, nc: nats.NATS, pg_conn: Any, tmp_path: Path
-) -> None:
+@only("postgres")
+@pytest.mark.usefixtures("server")
+async def test_db_modules_through_a_daemon(make_daemon: DaemonFactory, nc: nats.NATS, tmp_path: Path) -> None:
     scripts = tmp_path / "db_scripts"
     scripts.mkdir()
     (scripts / "db.lua").write_text(DB_SCRIPT % POSTGRES_LUA)

@@ -19,10 +19,10 @@ import nats
 import pytest
 
 from msgscript.errors import ScriptTimeout
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.lua.modules import builtin_modules
+from msgscript.lua.plugin_loader import load_plugins
 from msgscript.message import Reply
-from msgscript.plugins import load_plugins
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message, run_lua
 

@@ -22,7 +22,7 @@ import nats
 import pytest
 
 from msgscript.errors import ScriptError, ScriptTimeout
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message

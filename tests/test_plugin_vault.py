@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from msgscript.errors import ScriptTimeout
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.message import Reply
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message

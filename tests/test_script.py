@@ -1,3 +1,6 @@
+"""msgscript.script: script headers as the Go parser reads them, our own headers (timeout, lock), and the
+upstream Script JSON kept in etcd."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +27,8 @@ def test_headers_are_parsed_and_stripped_from_a_lua_script() -> None:
     assert script.html is True
     assert script.libraries == ("web",)
     assert script.content == LUA_BODY
-    assert script.executor == ""
-    assert script.executor_name == "lua"
+    assert script.executor_header == ""
+    assert script.executor == "lua"
 
 
 def test_wasm_script_content_is_the_module_path_without_trailing_newline() -> None:
@@ -36,8 +39,8 @@ def test_wasm_script_content_is_the_module_path_without_trailing_newline() -> No
     script = parse_script(text)
 
     assert (script.subject, script.name, script.html) == ("funcs.foobar", "foo", True)
+    assert script.executor_header == "wasm"
     assert script.executor == "wasm"
-    assert script.executor_name == "wasm"
     assert script.content == "/some/path/to/wasm/module.wasm"
 
 
@@ -271,7 +274,7 @@ def test_script_json_has_go_field_order_and_base64_content() -> None:
 
 
 def test_script_json_writes_null_libraries_when_there_are_none() -> None:
-    script = Script(subject="funcs.wasm", name="wasm", content="", executor="wasm")
+    script = Script(subject="funcs.wasm", name="wasm", content="", executor_header="wasm")
 
     assert script.to_json() == (
         b'{"content":"","executor":"wasm","is_html":false,"libraries":null,"name":"wasm","subject":"funcs.wasm"}'

@@ -1,3 +1,5 @@
+"""msgscript.subjects: valid NATS subjects and patterns, and how wildcards match."""
+
 from __future__ import annotations
 
 import pytest

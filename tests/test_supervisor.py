@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ import nats
 import pytest
 
 from tests.processes import Daemon, Proc, followed_daemon, run_msgscript
-from tests.servers import NatsServer, free_port
+from tests.servers import NatsServer, free_port, run_etcd
 from tests.test_isolation import HELLO, settled
 
 
@@ -92,6 +93,27 @@ async def test_a_worker_that_cannot_start_is_not_started_again(nats_server: Nats
     assert code == 1
     assert "failed to initialize the script store: Unknown backend: nosuch" in err
     assert "starting another" not in err and err.count("started worker") == 1
+
+
+async def test_a_restarted_worker_that_cannot_start_logs_why_and_is_tried_again(nats_server: NatsServer) -> None:
+    etcd_running = contextlib.AsyncExitStack()
+    etcd = await etcd_running.enter_async_context(run_etcd())
+    try:
+        args = ("-backend", "etcd", "-etcdurl", etcd.url, "-natsurl", nats_server.url, "-port", str(free_port()))
+        async with followed_daemon(*args) as daemon:
+            assert await settled(lambda: len(worker_pids(daemon)) == 1)
+            await etcd_running.aclose()
+            os.kill(worker_pids(daemon)[0], signal.SIGKILL)
+            assert await settled(lambda: "exited unexpectedly (status 1); starting another" in daemon.log, within_s=20)
+            # The killed worker was restarted after 1 s; one that never became ready does not reset the backoff.
+            assert "exited unexpectedly (status 1); starting another in 2s" in daemon.log, daemon.log
+    finally:
+        await etcd_running.aclose()
+    # The supervisor logs the reason the worker gave, as the worker's own fatal line would have read.
+    failure = f"failed to initialize the script store: etcd at {etcd.endpoint} is unreachable: "
+    lines = [line for line in daemon.log.splitlines() if failure in line]
+    assert lines and all("level=fatal" in line for line in lines), daemon.log
+    assert "Traceback" not in daemon.log
 
 
 async def test_the_port_is_checked_before_any_worker_starts(nats_server: NatsServer, tmp_path: Path) -> None:

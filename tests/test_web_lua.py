@@ -9,7 +9,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from msgscript.executors import Executor
+from msgscript.executors.base import Executor
 from msgscript.message import Message, Reply, Result
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message, run_lua

@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import click
 from aiohttp import web
 
 from msgscript import config
+from msgscript.cli.dev import dev_settings, read_dev_libraries, with_executor
+from msgscript.cli.options import CommandFailed
+from msgscript.cli.scripts import read_script_file
 from msgscript.cli.server import run_async
-from msgscript.cluster import NoLock
+from msgscript.compose import open_dispatcher
 from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
-from msgscript.executors import Executor, open_executors
 from msgscript.http.body import BodyError, body_error_response, read_body
 from msgscript.http.gateway import first_segment, html_response, request_target, script_url, text_response
 from msgscript.http.protocol import GatewayRunner
 from msgscript.http.server import clean_request_target
 from msgscript.message import Message
 from msgscript.script import Script
-from msgscript.store.memory import MemoryStore
+from msgscript.store.memory_store import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +44,28 @@ class DevTarget:
     max_payload_bytes: int
 
 
-def load_target(target: DevTarget) -> tuple[Script, MemoryStore]:
+def load_target(target: DevTarget) -> tuple[Script, dict[str, str]]:
     """Read the script file and the libraries from disk, as they are now (runs in a thread).
 
     Raises:
         CommandFailed: the script or a library cannot be read.
     """
-    from msgscript.cli.main import CommandFailed, load_dev_libraries, read_script_file  # main imports this module
-
-    script = read_script_file(target.path)
-    script = replace(script, executor=target.executor or script.executor)
-    store = MemoryStore()
-    if target.library_dir:
-        try:
-            load_dev_libraries(store, target.library_dir)
-        except OSError as exc:
-            raise CommandFailed(f"failed to read librairies: {exc}") from exc
-        except CommandFailed as exc:
-            raise CommandFailed(f"failed to read librairies: {exc.message}") from exc
-    return script, store
+    script = with_executor(read_script_file(target.path), target.executor)
+    if not target.library_dir:
+        return script, {}
+    try:
+        return script, read_dev_libraries(target.library_dir)
+    except OSError as exc:
+        raise CommandFailed(f"failed to read librairies: {exc}") from exc
+    except CommandFailed as exc:
+        raise CommandFailed(f"failed to read librairies: {exc.message}") from exc
 
 
-def build_dev_app(target: DevTarget, executors: Mapping[str, Executor]) -> web.Application:
-    """The devhttp application: every path runs the script with the first path segment as its subject."""
+def build_dev_app(target: DevTarget, dispatcher: Dispatcher, store: MemoryStore) -> web.Application:
+    """The devhttp application: every path runs the script with the first path segment as its subject.
 
-    from msgscript.cli.main import CommandFailed  # main imports this module
+    `dispatcher` runs scripts with the libraries of `store`, which each request refills from disk.
+    """
 
     async def handle(request: web.Request) -> web.Response:
         subject = first_segment(request.path)
@@ -78,13 +75,13 @@ def build_dev_app(target: DevTarget, executors: Mapping[str, Executor]) -> web.A
         except BodyError as exc:
             return body_error_response(exc)
         try:
-            script, store = await asyncio.to_thread(load_target, target)
+            script, libraries = await asyncio.to_thread(load_target, target)
         except CommandFailed as exc:
             log.error("%s", exc.message)
             return text_response(500, f"Error: {exc.message}")
+        store.replace_libraries(libraries)
         url = script_url(request_target(request), subject) or "/"
         message = Message(subject=subject, payload=body, method=request.method, url=url)
-        dispatcher = Dispatcher(store, executors, NoLock(), script_timeout_s=target.timeout_s)
         result = await dispatcher.run(script, message)
         if result.is_html:
             return html_response(result)
@@ -105,10 +102,11 @@ async def serve_devhttp(target: DevTarget, settings: Settings, host: str, port: 
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_executors(settings, None) as executors:
+        store = MemoryStore()
+        async with open_dispatcher(settings, store) as dispatcher:
             # The daemon's connections: HTTP versions, Host, CONNECT, read timeouts, body decoding left to read_body.
             runner = GatewayRunner(
-                build_dev_app(target, executors),
+                build_dev_app(target, dispatcher, store),
                 handle_signals=False,
                 access_log=None,
                 header_timeout_s=settings.http_header_timeout_s,
@@ -144,8 +142,6 @@ def devhttp(
     obj: dict[str, str | None], file: str, library: str, plugin_dir: str, port: int, host: str, timeout_s: float
 ) -> None:
     """Serve a script over HTTP, re-reading it from disk on every request."""
-    from msgscript.cli.main import CommandFailed  # main imports this module
-
     target = DevTarget(
         path=file,
         library_dir=library,
@@ -155,7 +151,7 @@ def devhttp(
     )
     # Fail before serving when the script or the libraries cannot be read at all.
     load_target(target)
-    settings = Settings(plugin_dir=plugin_dir, script_timeout_s=timeout_s, env=dict(os.environ))
+    settings = dev_settings(plugin_dir, timeout_s)
     try:
         run_async(serve_devhttp(target, settings, host, port))
     except ConfigError as exc:

@@ -10,12 +10,21 @@ from typing import Any, TypeVar
 import click
 
 from msgscript.durations import parse_duration
-from msgscript.errors import ConfigError
+from msgscript.errors import ConfigError, MsgscriptError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+class CommandFailed(MsgscriptError, click.ClickException):
+    """Raised by a command that could not do its work: the bare message on stderr (no `Error:` prefix, like the
+    Go commands), exit status 1."""
+
+    def show(self, file: object = None) -> None:
+        """Print the message alone."""
+        click.echo(self.format_message(), err=True)
 
 
 def go_flag(name: str, *aliases: str, **kwargs: Any) -> Callable[[F], F]:
@@ -54,10 +63,10 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
         if match is None:
             self.fail(f"{value!r} is not a size like 1048576, 512k or 256MiB", param, ctx)
         unit = (match.group(2) or "").lower().rstrip("b").rstrip("i")
-        size = int(float(match.group(1)) * _SIZE_UNITS[unit])
-        if size <= 0:
+        size_bytes = int(float(match.group(1)) * _SIZE_UNITS[unit])
+        if size_bytes <= 0:
             self.fail(f"{value!r} must be positive", param, ctx)
-        return size
+        return size_bytes
 
 
 DURATION = DurationType()

@@ -1,49 +1,31 @@
 """`msgscriptcli` store commands: add, list, rm, the `lib` group and `completion`.
 
-With `-b etcd` they write the keys the daemon reads on every message (`msgscript/scripts/<subject>/<name>`,
-`msgscript/libs/<name>`); with `-b file` they write the script and library directories the daemon loads at
-startup. Messages go to stderr and tables to stdout; a failure exits 1, a usage error 2.
+They read and write through the Store protocol (msgscript.cli.command_store opens the `-b` one): with
+`-b etcd` the keys the daemon follows (`msgscript/scripts/<subject>/<name>`, `msgscript/libs/<name>`), with
+`-b file` the script and library directories the daemon loads at startup. Messages go to stderr and tables to
+stdout; a failure exits 1, a usage error 2.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Literal, TypeVar
 
 import click
 from click.shell_completion import get_completion_class
 
-from msgscript.config import Settings
+from msgscript.cli.command_store import CommandStore, open_command_store, quiet_etcd_client
+from msgscript.cli.options import CommandFailed
 from msgscript.errors import MsgscriptError, ScriptParseError
-from msgscript.etcd import EtcdClient, open_etcd
 from msgscript.script import Script, parse_script
-from msgscript.store import open_store
-from msgscript.store.base import Store
-from msgscript.store.etcd import LIBRARIES_PREFIX, SCRIPTS_PREFIX, library_key, script_key
-from msgscript.store.file import LibraryDirectory, ScriptDirectory, set_headers
 from msgscript.subjects import is_valid_pattern
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 PROG_NAME = "msgscriptcli"
 COMPLETION_SHELLS = ("bash", "zsh", "fish")
-ETCD_REQUEST_TIMEOUT_S = 10.0
-"""The bound on every etcd operation of a command once the store is open."""
-
-
-class CommandFailed(click.ClickException):
-    """A command that could not do its work: the message on stderr, exit status 1."""
-
-    def show(self, file: object = None) -> None:
-        """Print the bare message (no `Error:` prefix), like the Go CLI."""
-        click.echo(self.format_message(), err=True)
 
 
 def read_text(path: str) -> str:
@@ -99,235 +81,27 @@ def format_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
-class Catalog(Protocol):
-    """Where the store commands read and write scripts and libraries; every failure is a CommandFailed."""
-
-    async def add_script(self, script: Script, text: str) -> None:
-        """Store `script` (its subject and name final) whose file text is `text`."""
-        ...
-
-    async def remove_script(self, subject: str, name: str) -> bool:
-        """Remove a script; False when there was none."""
-        ...
-
-    async def scripts(self) -> list[tuple[str, str]]:
-        """Every stored (subject, name), sorted."""
-        ...
-
-    async def add_library(self, library: Script, text: str) -> None:
-        """Store a library under its name header; `text` is the file's text."""
-        ...
-
-    async def remove_library(self, name: str) -> bool:
-        """Remove a library; False when there was none."""
-        ...
-
-    async def libraries(self) -> list[str]:
-        """Every stored library name, sorted."""
-        ...
-
-
-class EtcdCatalog:
-    """The etcd keys the Go msgscript uses, written through the etcd store and listed by key."""
-
-    def __init__(self, store: Store, client: EtcdClient) -> None:
-        self._store = store
-        self._client = client
-
-    async def _call(self, failure: str, operation: Awaitable[T]) -> T:
-        try:
-            async with asyncio.timeout(ETCD_REQUEST_TIMEOUT_S):
-                return await operation
-        except TimeoutError:
-            raise CommandFailed(f"{failure}: no answer from etcd within {ETCD_REQUEST_TIMEOUT_S:g}s") from None
-        except MsgscriptError as exc:
-            raise CommandFailed(f"{failure}: {exc}") from exc
-
-    async def add_script(self, script: Script, text: str) -> None:
-        """Put the Script JSON at `msgscript/scripts/<subject>/<name>`."""
-        await self._call("Failed to add script to etcd", self._store.put_script(script))
-
-    async def remove_script(self, subject: str, name: str) -> bool:
-        """Delete `msgscript/scripts/<subject>/<name>` if it exists."""
-        key = script_key(subject, name)
-        failure = "failed to remove script"
-        if await self._call(failure, self._client.get(key, timeout_s=ETCD_REQUEST_TIMEOUT_S)) is None:
-            return False
-        await self._call(failure, self._store.delete_script(subject, name))
-        return True
-
-    async def scripts(self) -> list[tuple[str, str]]:
-        """The (subject, name) of every script key: the first segment after `msgscript/scripts/` is the subject."""
-        found = await self._call(
-            "failed to list scripts", self._client.get_prefix(SCRIPTS_PREFIX, timeout_s=ETCD_REQUEST_TIMEOUT_S)
-        )
-        rows = set()
-        for kv in found:
-            subject, _, name = kv.key.decode("utf-8", "replace").removeprefix(SCRIPTS_PREFIX).partition("/")
-            if subject and name:  # other keys are not scripts for the daemon either
-                rows.add((subject, name))
-        return sorted(rows)
-
-    async def add_library(self, library: Script, text: str) -> None:
-        """Put the header-stripped text at `msgscript/libs/<name>`."""
-        await self._call(
-            f"failed to add library {library.name} to the store", self._store.put_library(library.name, library.content)
-        )
-
-    async def remove_library(self, name: str) -> bool:
-        """Delete `msgscript/libs/<name>` if it exists."""
-        key = library_key(name)
-        failure = "failed to remove library"
-        if await self._call(failure, self._client.get(key, timeout_s=ETCD_REQUEST_TIMEOUT_S)) is None:
-            return False
-        await self._call(failure, self._store.delete_library(name))
-        return True
-
-    async def libraries(self) -> list[str]:
-        """The name of every key under `msgscript/libs/`."""
-        found = await self._call(
-            "failed to list libraries", self._client.get_prefix(LIBRARIES_PREFIX, timeout_s=ETCD_REQUEST_TIMEOUT_S)
-        )
-        return sorted(kv.key.decode("utf-8", "replace").removeprefix(LIBRARIES_PREFIX) for kv in found)
-
-
-async def _in_thread(function: Callable[..., T], *args: Any) -> T:
-    try:
-        return await asyncio.to_thread(function, *args)
-    except MsgscriptError as exc:
-        raise CommandFailed(str(exc)) from exc
-
-
-class FileCatalog:
-    """The script and library directories of the file store (see docs/cli.md for the file name rules)."""
-
-    def __init__(self, script_dir: str, library_dir: str) -> None:
-        self._script_dir = script_dir
-        self._library_dir = library_dir
-
-    def _scripts(self) -> ScriptDirectory:
-        if not self._script_dir:
-            raise CommandFailed("script directory cannot be empty")
-        return ScriptDirectory(self._script_dir)
-
-    def _libraries(self) -> LibraryDirectory:
-        if not self._library_dir:
-            raise CommandFailed("library directory cannot be empty")
-        return LibraryDirectory(self._library_dir)
-
-    async def add_script(self, script: Script, text: str) -> None:
-        """Write the file text, its subject and name headers rewritten where the flags overrode them."""
-        directory = self._scripts()
-        header = parse_script(text)
-        overrides = {
-            key: value
-            for key, value, old in (("subject", script.subject, header.subject), ("name", script.name, header.name))
-            if value != old
-        }
-        path = await _in_thread(directory.put, script.subject, script.name, set_headers(text, overrides))
-        log.info("script written to %s", path)
-
-    async def remove_script(self, subject: str, name: str) -> bool:
-        """Remove every file holding the script."""
-        directory = self._scripts()
-        removed = await _in_thread(directory.remove, subject, name)
-        for path in removed:
-            log.info("removed %s", path)
-        return bool(removed)
-
-    async def scripts(self) -> list[tuple[str, str]]:
-        """The scripts the file store would load (files without a subject or a name cannot serve and are left out)."""
-        directory = self._scripts()
-        found = await _in_thread(directory.scripts)
-        return sorted({(s.subject, s.name) for _, s in found if s.subject and s.name})
-
-    async def add_library(self, library: Script, text: str) -> None:
-        """Write the library file as it is."""
-        directory = self._libraries()
-        path = await _in_thread(directory.put, library.name, text)
-        log.info("library written to %s", path)
-
-    async def remove_library(self, name: str) -> bool:
-        """Remove every file holding the library."""
-        directory = self._libraries()
-        removed = await _in_thread(directory.remove, name)
-        for path in removed:
-            log.info("removed %s", path)
-        return bool(removed)
-
-    async def libraries(self) -> list[str]:
-        """The library names the file store would load."""
-        directory = self._libraries()
-        found = await _in_thread(directory.libraries)
-        return sorted({library.name for _, library in found if library.name})
-
-
-def etcd_endpoints(urls: str) -> tuple[str, ...]:
-    """The `-e` value (or ETCD_ENDPOINTS) split on commas."""
-    return tuple(part.strip() for part in urls.split(",") if part.strip())
-
-
-def etcd_settings(options: Mapping[str, str | None]) -> Settings:
-    """Settings for the etcd backend from the global flags: endpoints, TLS files, user and password."""
-    return Settings(
-        backend="etcd",
-        etcd_endpoints=etcd_endpoints(options.get("etcdurls") or ""),
-        etcd_tls_ca_file=options.get("etcd_ca") or "",
-        etcd_tls_cert_file=options.get("etcd_cert") or "",
-        etcd_tls_key_file=options.get("etcd_key") or "",
-        etcd_user=options.get("etcd_user") or "",
-        etcd_password=options.get("etcd_password") or "",
-    )
-
-
-@contextlib.asynccontextmanager
-async def open_catalog(options: Mapping[str, str | None]) -> AsyncIterator[Catalog]:
-    """The catalog of the `-b` backend; for etcd, a store whose etcd answered.
+def run_with_store(
+    options: Mapping[str, str | None],
+    holding: Literal["scripts", "libraries"],
+    action: Callable[[CommandStore], Awaitable[T]],
+) -> T:
+    """Open the `-b` store (see open_command_store), run `action` on it, close it.
 
     Raises:
-        CommandFailed: unknown backend, or the etcd store cannot be opened or reached.
+        CommandFailed: the store cannot be opened, or `action` failed with a msgscript error.
     """
-    backend = options.get("backend") or "etcd"
-    if backend == "file":
-        yield FileCatalog(options.get("script_dir") or "", options.get("library_dir") or "")
-        return
-    if backend != "etcd":
-        raise CommandFailed(f"Unknown backend: {backend}")
-    settings = etcd_settings(options)
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            client = await stack.enter_async_context(open_etcd(settings))
-            # Opening reads the store once (bounded): an unreachable etcd fails here, within seconds.
-            store = await stack.enter_async_context(open_store(settings, etcd=client))
-        except MsgscriptError as exc:
-            raise CommandFailed(f"failed to get script store: {exc}") from exc
-        yield EtcdCatalog(store, client)
-
-
-def run_with_catalog(options: Mapping[str, str | None], action: Callable[[Catalog], Awaitable[T]]) -> T:
-    """Open the catalog, run `action` on it, close it."""
     from msgscript.cli.server import run_async
 
     async def main() -> T:
-        async with open_catalog(options) as catalog:
-            return await action(catalog)
+        async with open_command_store(options, holding) as target:
+            return await action(target)
 
-    with _quiet_etcd_client():
-        return run_async(main())
-
-
-@contextlib.contextmanager
-def _quiet_etcd_client() -> Iterator[None]:
-    # The etcd client logs an outage for the daemon's sake; the command reports it itself, once
-    # (unless debugging).
-    logger = logging.getLogger("msgscript.etcd")
-    previous = logger.level
-    if not logger.isEnabledFor(logging.DEBUG):
-        logger.setLevel(logging.CRITICAL)
     try:
-        yield
-    finally:
-        logger.setLevel(previous)
+        with quiet_etcd_client():
+            return run_async(main())
+    except MsgscriptError as exc:
+        raise CommandFailed(str(exc)) from exc
 
 
 # Commands ---------------------------------------------------------------------------------------------
@@ -345,10 +119,11 @@ def add(obj: dict[str, str | None], file: str, subject: str, name: str) -> None:
     check_subject(script.subject)
     check_name(script.name)
 
-    async def action(catalog: Catalog) -> None:
-        await catalog.add_script(script, text)
+    async def action(target: CommandStore) -> None:
+        # With the file backend the file is written as it is, its headers set to the -s/-n values.
+        await target.call("Failed to add script to etcd", target.store.put_script(script, text=text))
 
-    run_with_catalog(obj, action)
+    run_with_store(obj, "scripts", action)
     # The trailing space is the Go CLI's.
     click.echo(f"Script added successfully for subject {script.subject} named {script.name} ", err=True)
 
@@ -358,10 +133,10 @@ def add(obj: dict[str, str | None], file: str, subject: str, name: str) -> None:
 def list_scripts(obj: dict[str, str | None]) -> None:
     """List the scripts in the store (alias: ls)."""
 
-    async def action(catalog: Catalog) -> list[tuple[str, str]]:
-        return await catalog.scripts()
+    async def action(target: CommandStore) -> list[tuple[str, str]]:
+        return await target.call("failed to list scripts", target.store.script_names())
 
-    rows = run_with_catalog(obj, action)
+    rows = run_with_store(obj, "scripts", action)
     if not rows:
         click.echo("No script in store", err=True)
         return
@@ -375,10 +150,10 @@ def list_scripts(obj: dict[str, str | None]) -> None:
 def remove_script(obj: dict[str, str | None], subject: str, name: str) -> None:
     """Remove a script from the store."""
 
-    async def action(catalog: Catalog) -> bool:
-        return await catalog.remove_script(subject, name)
+    async def action(target: CommandStore) -> bool:
+        return await target.call("failed to remove script", target.store.delete_script(subject, name))
 
-    if not run_with_catalog(obj, action):
+    if not run_with_store(obj, "scripts", action):
         raise CommandFailed(f"script {name} not found for subject {subject}")
     click.echo("Script removed", err=True)
 
@@ -420,11 +195,14 @@ def add_libraries(obj: dict[str, str | None], paths: tuple[str, ...], recursive:
             raise CommandFailed(f"{libraries[library.name][0]} and {file} both have the name {library.name}")
         libraries[library.name] = (file, library, text)
 
-    async def action(catalog: Catalog) -> None:
+    async def action(target: CommandStore) -> None:
         for _, library, text in libraries.values():
-            await catalog.add_library(library, text)
+            await target.call(
+                f"failed to add library {library.name} to the store",
+                target.store.put_library(library.name, library.content, text=text),
+            )
 
-    run_with_catalog(obj, action)
+    run_with_store(obj, "libraries", action)
     click.echo(f"Added {len(libraries)} libraries", err=True)
 
 
@@ -433,10 +211,10 @@ def add_libraries(obj: dict[str, str | None], paths: tuple[str, ...], recursive:
 def list_libraries(obj: dict[str, str | None]) -> None:
     """List the libraries in the store (alias: ls)."""
 
-    async def action(catalog: Catalog) -> list[str]:
-        return await catalog.libraries()
+    async def action(target: CommandStore) -> list[str]:
+        return await target.call("failed to list libraries", target.store.library_names())
 
-    names = run_with_catalog(obj, action)
+    names = run_with_store(obj, "libraries", action)
     if not names:
         click.echo("No library in store", err=True)
         return
@@ -449,10 +227,10 @@ def list_libraries(obj: dict[str, str | None]) -> None:
 def remove_library(obj: dict[str, str | None], name: str) -> None:
     """Remove a library from the store."""
 
-    async def action(catalog: Catalog) -> bool:
-        return await catalog.remove_library(name)
+    async def action(target: CommandStore) -> bool:
+        return await target.call("failed to remove library", target.store.delete_library(name))
 
-    if not run_with_catalog(obj, action):
+    if not run_with_store(obj, "libraries", action):
         raise CommandFailed(f"library {name} not found")
     click.echo("Library removed", err=True)
 

@@ -13,13 +13,11 @@ from typing import Any, TypeVar
 import click
 
 from msgscript import __version__, _libc, config
-from msgscript.cli.options import DURATION, SIZE, go_flag, read_secret
+from msgscript.cli.options import DURATION, SIZE, CommandFailed, go_flag, read_secret
 from msgscript.config import Settings
 from msgscript.errors import ConfigError
 from msgscript.logs import configure_logging, parse_level
 from msgscript.supervisor import WorkerLink, supervise
-
-log = logging.getLogger("msgscript.server")
 
 T = TypeVar("T")
 
@@ -49,7 +47,8 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     default="",
     envvar="NATS_URL",
     show_envvar=True,
-    help="NATS URL; without one an embedded NATS server runs on 127.0.0.1:4222.",
+    help="NATS URL; without one an embedded NATS server runs on "
+    f"{config.EMBEDDED_NATS_HOST}:{config.EMBEDDED_NATS_PORT}.",
 )
 @go_flag(
     "natscreds",
@@ -167,13 +166,15 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 )
 @go_flag(
     "timeout",
+    "script_timeout_s",
     type=DURATION,
-    default="2m",
+    default=config.DEFAULT_SCRIPT_TIMEOUT,
     show_default=True,
     help="Default script timeout (Go duration); `--* timeout:` overrides it per script.",
 )
 @go_flag(
     "max-memory",
+    "max_memory_bytes",
     type=SIZE,
     default=str(config.DEFAULT_MAX_MEMORY_BYTES),
     show_default=True,
@@ -181,6 +182,7 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 )
 @go_flag(
     "max-payload",
+    "max_payload_bytes",
     type=SIZE,
     default=str(config.DEFAULT_MAX_PAYLOAD_BYTES),
     show_default=True,
@@ -216,8 +218,9 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 )
 @go_flag(
     "grace-period",
+    "grace_period_s",
     type=DURATION,
-    default="30s",
+    default=config.DEFAULT_GRACE_PERIOD,
     show_default=True,
     help="On shutdown, how long in-flight work may take to finish.",
 )
@@ -233,7 +236,7 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 @go_flag("no-browse", is_flag=True, default=False, help="The same as -browse off.")
 @go_flag(
     "http-token",
-    default="",
+    default=config.NO_CREDENTIAL,
     metavar="FILE|env:VAR",
     help="Require Authorization: Bearer <token> on every HTTP route but /healthz and /readyz; the token is read "
     "once from FILE (trailing newline dropped) or from the environment variable VAR.",
@@ -266,14 +269,14 @@ def command(
     queue_group: str,
     stream: str,
     dlq_prefix: str,
-    timeout: float,
-    max_memory: int,
-    max_payload: int,
+    script_timeout_s: float,
+    max_memory_bytes: int,
+    max_payload_bytes: int,
     max_in_flight: int,
     lua_threads: int,
     wasm_threads: int,
     podman_concurrency: int,
-    grace_period: float,
+    grace_period_s: float,
     http_host: str,
     browse: str,
     no_browse: bool,
@@ -284,9 +287,7 @@ def command(
     try:
         level = parse_level(log_level)
     except ValueError as exc:
-        configure_logging(logging.INFO)
-        log.critical("%s", exc)
-        sys.exit(1)
+        raise CommandFailed(str(exc)) from exc
     if os.environ.get("DEBUG"):
         level = logging.DEBUG
     configure_logging(level)
@@ -295,8 +296,7 @@ def command(
         try:
             token = read_secret(http_token, os.environ, "-http-token")
         except ConfigError as exc:
-            log.critical("%s", exc)
-            sys.exit(1)
+            raise CommandFailed(str(exc)) from exc
     env = dict(os.environ)
     # As in Go: a non-empty ETCD_ENDPOINTS wins over -etcdurl, and with the etcd backend the endpoints in
     # use are exported as ETCD_ENDPOINTS (to plugins, os.getenv and child processes).
@@ -330,14 +330,14 @@ def command(
         queue_group=queue_group,
         stream=stream,
         dlq_prefix=dlq_prefix,
-        script_timeout_s=timeout,
-        max_memory_bytes=max_memory,
-        max_payload_bytes=max_payload,
+        script_timeout_s=script_timeout_s,
+        max_memory_bytes=max_memory_bytes,
+        max_payload_bytes=max_payload_bytes,
         max_in_flight=max_in_flight,
         lua_threads=lua_threads,
         wasm_threads=wasm_threads,
         podman_concurrency=podman_concurrency,
-        grace_period_s=grace_period,
+        grace_period_s=grace_period_s,
         browse=config.BROWSE_OFF if no_browse else browse,
         http_token=token,
         metrics=not no_metrics,
@@ -345,11 +345,18 @@ def command(
     )
     # Inherited by the worker processes the supervisor forks.
     _libc.fix_mmap_threshold()
-    sys.exit(supervise(settings, run_worker))
+    try:
+        status = supervise(settings, run_worker)
+    except ConfigError as exc:
+        raise CommandFailed(str(exc)) from exc
+    sys.exit(status)
 
 
 def run_worker(settings: Settings, listeners: Sequence[socket.socket], link: WorkerLink) -> int:
-    """The worker process's main: the daemon proper, until it drains; returns the exit status."""
+    """The worker process's main: the daemon proper, until it drains; returns the exit status.
+
+    A worker that cannot start tells the supervisor why (which reports it) and returns 1.
+    """
     from msgscript import __version__, tracing
     from msgscript.app import serve
 
@@ -357,7 +364,7 @@ def run_worker(settings: Settings, listeners: Sequence[socket.socket], link: Wor
         with tracing.configured(settings.env, __version__):
             run_async(serve(settings, listeners=listeners, link=link))
     except ConfigError as exc:
-        log.critical("%s", exc)
+        link.failed(str(exc))
         return 1
     return 0
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import Protocol
 
+from msgscript.durations import format_duration
+from msgscript.errors import ScriptTimeout
 from msgscript.message import Message, Result
 from msgscript.script import Script
 
@@ -19,11 +21,18 @@ class RunContext:
     libraries: tuple[str, ...] = ()
     """Source of each required library, in `--* require:` order (Lua only)."""
 
+    def timed_out(self) -> ScriptTimeout:
+        """The error of a run that went past the deadline: `script timed out after <timeout>`."""
+        return ScriptTimeout(f"script timed out after {format_duration(self.timeout_s)}")
+
 
 class Executor(Protocol):
     """Runs one script for one message."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str:
+        """The executor's name, as a script's `executor` header gives it (and as span names and metrics use it)."""
+        ...
 
     async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
         """Run the script and return its result.

@@ -9,14 +9,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from msgscript.durations import format_duration
-from msgscript.errors import ScriptError, ScriptTimeout
+from msgscript.errors import ScriptError
 from msgscript.executors.base import RunContext
 from msgscript.executors.threads import WorkerThreads
+from msgscript.lua.contract import LuaModule
 from msgscript.lua.execution import Execution
-from msgscript.lua.module import LuaModule
+from msgscript.lua.numbers import lua_number_text
 from msgscript.lua.runtime import (
     HOOK_INSTRUCTIONS,
     INLINE_HOOK_INSTRUCTIONS,
@@ -24,10 +24,12 @@ from msgscript.lua.runtime import (
     Outcome,
     Status,
     as_text,
-    lua_number_text,
 )
 from msgscript.message import Message, Result
 from msgscript.script import Script
+
+if TYPE_CHECKING:  # only annotations: msgscript.services imports aiohttp and the etcd client
+    from msgscript.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +67,6 @@ def _status_code(value: object) -> int:
     return int(value) or 200
 
 
-def timeout_error(ctx: RunContext) -> str:
-    """The result error of a script that ran past its deadline."""
-    return f"script timed out after {format_duration(ctx.timeout_s)}"
-
-
 class LuaExecutor:
     """Runs Lua scripts in sandboxed Lua 5.1 runtimes, on the event loop or on `threads` worker threads.
 
@@ -98,7 +95,7 @@ class LuaExecutor:
         env: Mapping[str, str],
         max_memory_bytes: int,
         threads: int,
-        services: Mapping[str, Any] | None = None,
+        services: Services | None = None,
         on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         self._modules = dict(modules)
@@ -106,7 +103,7 @@ class LuaExecutor:
         self._env = MappingProxyType(dict(env))
         self._max_memory_bytes = max_memory_bytes
         self._threads = threads
-        self._services = MappingProxyType(dict(services or {}))
+        self._services = services
         # Modules that never wait on the event loop may be used by inline executions.
         self._inline_modules = frozenset(
             name for name, module in self._modules.items() if getattr(module, "inline_safe", False)
@@ -140,7 +137,7 @@ class LuaExecutor:
             raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
         now = time.monotonic()
         if now >= ctx.deadline:
-            raise ScriptTimeout(timeout_error(ctx))
+            raise ctx.timed_out()
         loop = asyncio.get_running_loop()
         # Keyed by the parts, not their concatenation: the parts' hashes are cached by the strings.
         key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
@@ -169,7 +166,7 @@ class LuaExecutor:
                 what=f"script {script.name} on {script.subject}",
             )
         except TimeoutError:
-            raise ScriptTimeout(timeout_error(ctx)) from None
+            raise ctx.timed_out() from None
         if result is None:  # only inline executions move
             raise RuntimeError("a worker execution asked to move")
         return result
@@ -229,7 +226,7 @@ def _result(script: Script, message: Message, ctx: RunContext, outcome: Outcome)
         payload = outcome.values[0] if outcome.values else None
         return Result(payload=payload if isinstance(payload, bytes) else None)
     if status is Status.TIMEOUT:
-        raise ScriptTimeout(timeout_error(ctx))
+        raise ctx.timed_out()
     if status is Status.CHUNK_ERROR:
         raise ScriptError(f"error executing Lua script: {outcome.error}")
     if script.html:

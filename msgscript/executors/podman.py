@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 from msgscript.config import Settings
 from msgscript.durations import format_duration
-from msgscript.errors import ScriptError, ScriptTimeout
+from msgscript.errors import ScriptError
 from msgscript.executors.base import Executor, RunContext
 from msgscript.executors.podman_config import ContainerConfig, parse_config
 from msgscript.executors.stubs import UnavailableExecutor
@@ -192,7 +192,7 @@ class PodmanExecutor:
                 await self._ensure_image(config.image)
                 await self._slots.acquire()
         except TimeoutError:
-            raise ScriptTimeout(f"script timed out after {format_duration(ctx.timeout_s)}") from None
+            raise ctx.timed_out() from None
         try:
             result = await self._run_container(config, message, ctx)
             if result is None:  # the image went away since it was seen: fetch it again, once
@@ -201,7 +201,7 @@ class PodmanExecutor:
                     async with asyncio.timeout(ctx.deadline - time.monotonic()):
                         await self._ensure_image(config.image)
                 except TimeoutError:
-                    raise ScriptTimeout(f"script timed out after {format_duration(ctx.timeout_s)}") from None
+                    raise ctx.timed_out() from None
                 result = await self._run_container(config, message, ctx)
         finally:
             self._slots.release()
@@ -295,7 +295,7 @@ class PodmanExecutor:
         """Run the container to its end; None when podman no longer knows the image."""
         remaining_s = ctx.deadline - time.monotonic()
         if remaining_s <= 0:
-            raise ScriptTimeout(f"script timed out after {format_duration(ctx.timeout_s)}")
+            raise ctx.timed_out()
         name = f"msgscript-{secrets.token_hex(4)}"
         argv = [*self._base, "run", "--interactive", "--rm", "--pull=never", "--log-driver=none", "--name", name]
         # Values come from podman's environment, so they never show on a command line.
@@ -336,7 +336,7 @@ class PodmanExecutor:
                 _, stdout, stderr, code = await asyncio.shield(io)
         except TimeoutError:
             await asyncio.shield(self._own(self._remove({name: container}), f"podman-rm:{name}"))
-            raise ScriptTimeout(f"script timed out after {format_duration(ctx.timeout_s)}") from None
+            raise ctx.timed_out() from None
         except BaseException:  # cancelled: the container is removed in the background
             self._own(self._remove({name: container}), f"podman-rm:{name}")
             raise

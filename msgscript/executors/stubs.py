@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from msgscript.executors.base import RunContext
 from msgscript.message import Message, Result
 from msgscript.script import Script
@@ -12,10 +10,8 @@ from msgscript.script import Script
 class UnavailableExecutor:
     """An executor that answers every script with `msgscript wasn't built with <what> support`."""
 
-    name: ClassVar[str] = ""
-
     def __init__(self, name: str, what: str) -> None:
-        self.executor_name = name
+        self.name = name
         self._error = f"msgscript wasn't built with {what} support"
 
     async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:

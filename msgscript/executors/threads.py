@@ -22,6 +22,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Generic, TypeVar
 
+from msgscript.errors import MsgscriptError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -33,7 +35,7 @@ STUCK_AFTER_S = 2.0
 _LOWEST_PRIORITY = 19
 
 
-class JobAbandoned(TimeoutError):
+class JobAbandoned(MsgscriptError, TimeoutError):
     """Raised to the caller of a job still running past its deadline (it goes on without a waiter)."""
 
 

@@ -28,8 +28,7 @@ from typing import ClassVar
 
 from msgscript import _gojson
 from msgscript.config import DEFAULT_WASM_THREADS, Settings
-from msgscript.durations import format_duration
-from msgscript.errors import ScriptError, ScriptTimeout
+from msgscript.errors import ScriptError
 from msgscript.executors.base import Executor, RunContext
 from msgscript.executors.stubs import UnavailableExecutor
 from msgscript.executors.threads import WorkerThreads
@@ -304,14 +303,14 @@ class WasmExecutor:
         if pool is None:
             raise RuntimeError("WasmExecutor is not open (use it with `async with`)")
         if time.monotonic() >= ctx.deadline:
-            raise ScriptTimeout(_timeout_error(ctx))
+            raise ctx.timed_out()
         path = module_path(script.content)
         try:
             return await pool.run(
                 self._run_in_thread, path, message, ctx, deadline=ctx.deadline, what=f"wasm module {path}"
             )
         except TimeoutError:
-            raise ScriptTimeout(_timeout_error(ctx)) from None
+            raise ctx.timed_out() from None
 
     def _run_in_thread(self, path: str, message: Message, ctx: RunContext) -> Result:
         try:
@@ -389,7 +388,7 @@ class WasmExecutor:
     def _execute(self, path: str, message: Message, ctx: RunContext) -> Result:
         """One run on a worker thread."""
         if time.monotonic() >= ctx.deadline:
-            raise ScriptTimeout(_timeout_error(ctx))
+            raise ctx.timed_out()
         compiled = self._load(path)
         store = wasmtime.Store(self._engine)
         wasi = wasmtime.WasiConfig()
@@ -411,7 +410,7 @@ class WasmExecutor:
             _running.output = None
         if time.monotonic() > ctx.deadline:
             # Epoch checks run in wasm code only: a module blocked in a WASI call (a sleep) ends late.
-            raise ScriptTimeout(_timeout_error(ctx))
+            raise ctx.timed_out()
         return output.result()
 
     def _call(self, compiled: _Compiled, store: wasmtime.Store, output: _Output, ctx: RunContext) -> None:
@@ -438,7 +437,7 @@ class WasmExecutor:
         if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.INTERRUPT:
             if self._ticker.closed:
                 raise ScriptError(_SHUTDOWN_ERROR) from exc
-            raise ScriptTimeout(_timeout_error(ctx)) from exc
+            raise ctx.timed_out() from exc
 
     def _call_error(self, exc: BaseException, memory: object, store: wasmtime.Store, output: _Output) -> str:
         """`failed to call wasm module function: <reason>`, with stderr and a word on memory when they explain it."""
@@ -465,7 +464,3 @@ def _clear_frames(exc: BaseException) -> None:
 def _env_text(text: str) -> str:
     """A value WASI accepts as an environment variable: valid UTF-8 (lone surrogates replaced)."""
     return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _timeout_error(ctx: RunContext) -> str:
-    return f"script timed out after {format_duration(ctx.timeout_s)}"

@@ -18,6 +18,7 @@ from types import ModuleType
 from aiohttp import hdrs, web
 from aiohttp.http import HttpProcessingError
 
+from msgscript.errors import MsgscriptError
 from msgscript.http.protocol import BodyReadTimeout, first_line
 
 _PLAIN_UTF8 = "text/plain; charset=utf-8"
@@ -25,7 +26,7 @@ MAX_CODINGS = 4
 """The most content codings one body may carry (identity aside); real clients send one."""
 
 
-class BodyError(Exception):
+class BodyError(MsgscriptError):
     """Raised when a request body cannot be read; `status` is the HTTP status that answers it."""
 
     status = 400

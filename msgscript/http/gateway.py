@@ -11,11 +11,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from msgscript import tracing
+from msgscript._gohttp import DEADLINE_EXCEEDED, canonical_header_key, is_token
 from msgscript.catalog import INTERNAL_SUBJECTS, Catalog, CatalogMiss, InvalidCatalogRequest
 from msgscript.config import DEFAULT_HTTP_TIMEOUT_S
-from msgscript.dispatch import no_scripts_error
 from msgscript.durations import parse_duration
-from msgscript.errors import StoreError
+from msgscript.errors import NoScripts, StoreError
 from msgscript.http.access import may_browse
 from msgscript.http.body import BadBody, BodyError, body_error_response, read_body
 from msgscript.http.keys import CATALOG, DISPATCHER, DURABLE, IN_FLIGHT, METRICS, SETTINGS, TASKS
@@ -28,13 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TIMEOUT_PARAM = "_timeout"
-DEADLINE_EXCEEDED = "context deadline exceeded"
 RETRY_AFTER_S = 1
 """What a 503 for a full in-flight bound tells the client to wait before trying again."""
 HTML_CONTENT_TYPE = "text/html"
 PLAIN_UTF8 = "text/plain; charset=utf-8"
 
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # The server frames the body itself; a script must not be able to contradict it.
 _FRAMING_HEADERS = frozenset({"Content-Length", "Transfer-Encoding"})
 
@@ -74,18 +72,9 @@ def request_timeout_s(request: web.BaseRequest) -> float:
         return DEFAULT_HTTP_TIMEOUT_S
 
 
-def canonical_header_name(name: str) -> str:
-    """Go's canonical header spelling (`content-type` → `Content-Type`); names with odd characters stay as they are."""
-    if not name or any(c not in _TOKEN_CHARS for c in name):
-        return name
-    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
-
-
 def _is_sendable(name: str, value: str) -> bool:
     """True when a script's header can go on the wire without breaking the response."""
-    if not name or any(c not in _TOKEN_CHARS for c in name):
-        return False
-    return not any(c in value for c in "\r\n\x00")
+    return is_token(name) and not any(c in value for c in "\r\n\x00")
 
 
 def html_response(result: Result) -> web.Response:
@@ -101,7 +90,7 @@ def html_response(result: Result) -> web.Response:
         return text_response(500, f"Error: invalid HTTP status code {status}")
     headers: CIMultiDict[str] = CIMultiDict()
     for raw_name, value in (result.http_headers or {}).items():
-        name = canonical_header_name(raw_name)
+        name = canonical_header_key(raw_name)
         if name in _FRAMING_HEADERS or not _is_sendable(name, value):
             log.info("dropping header %r set by a script", raw_name)
             continue
@@ -241,14 +230,13 @@ async def _gateway(request: web.Request) -> web.Response:
         return await catalog_response(app[CATALOG], subject, body)
     dispatcher = app[DISPATCHER]
     try:
-        scripts = await dispatcher.store.scripts_for(subject)
-    except StoreError as exc:
-        log.error("store lookup failed subject=%s: %s", subject, exc)
-        return text_response(500, f"Error: failed to get scripts for subject: {exc}")
-    if not scripts:
+        scripts = await dispatcher.scripts_for(subject)
+    except NoScripts as exc:
+        if exc.durable and DURABLE in app:
+            return await durable_response(app[DURABLE], request, subject, body)
         return not_found(subject)
-    if all(script.durable for script in scripts) and DURABLE in app:
-        return await durable_response(app[DURABLE], request, subject, body)
+    except StoreError as exc:  # logged by the dispatcher
+        return text_response(500, f"Error: failed to get scripts for subject: {exc}")
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.count_message("http")  # a request for a subject with scripts, whether it runs or gets a 503
@@ -264,7 +252,7 @@ async def _gateway(request: web.Request) -> web.Response:
         log.debug("HTTP request refused, every in-flight slot is taken subject=%s", subject)
         return busy_response(in_flight.limit)
     # The dispatch is its own task, owned by TASKS (which shutdown waits for); it holds the slot until it ends.
-    task = app[TASKS].start(dispatcher.dispatch(message), name=f"msgscript:http:{subject}")
+    task = app[TASKS].start(dispatcher.run_all(scripts, message), name=f"msgscript:http:{subject}")
     task.add_done_callback(lambda _: in_flight.release())
     try:
         finished = await wait_done(task, request_timeout_s(request))
@@ -280,6 +268,4 @@ async def _gateway(request: web.Request) -> web.Response:
     except Exception as exc:
         # Logged with its traceback by TASKS, which owns the dispatch.
         return text_response(500, f"Error: internal error: {exc}")
-    if reply.error == no_scripts_error(subject):
-        return not_found(subject)
     return reply_response(reply)

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from msgscript.errors import StoreError
 from msgscript.http import templates
-from msgscript.http.keys import CATALOG, DISPATCHER, README_HTML
+from msgscript.http.keys import CATALOG, README_HTML
 
 
 def html_page(text: str, status: int = 200) -> web.Response:
@@ -49,7 +49,7 @@ async def handle_info(request: web.Request) -> web.Response:
     """One script's properties and source; 404 when it does not exist."""
     subject, name = request.match_info["subject"], request.match_info["name"]
     try:
-        script = await request.app[DISPATCHER].store.script(subject, name)
+        script = await request.app[CATALOG].script(subject, name)
     except StoreError as exc:
         return _store_failed(exc)
     if script is None:

@@ -27,6 +27,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import _ErrInfo
 
 from msgscript.durations import format_duration
+from msgscript.errors import MsgscriptError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ IDLE_TIMEOUT_S = 75.0
 _PLAIN_UTF8 = "text/plain; charset=utf-8"
 
 
-class BodyReadTimeout(TimeoutError):
+class BodyReadTimeout(MsgscriptError, TimeoutError):
     """Set on a request body that did not arrive within the body read timeout; readers of the body get it."""
 
     def __init__(self, timeout_s: float) -> None:
@@ -43,8 +44,8 @@ class BodyReadTimeout(TimeoutError):
         super().__init__(f"request body not received within {format_duration(timeout_s)}")
 
 
-class UnsupportedVersion(HttpProcessingError):
-    """Set on a request whose HTTP version has a later major than 1: answered 505 (HTTP Version Not Supported)."""
+class UnsupportedVersion(MsgscriptError, HttpProcessingError):
+    """Given by `request_rejection` for a request whose HTTP version has a later major than 1; answered 505."""
 
     code = 505
 

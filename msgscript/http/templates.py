@@ -170,7 +170,7 @@ def info_page(script: Script) -> str:
         ("Is HTML?", html_tag),
         # "Libraires" is the Go page's spelling, kept for anyone matching on it.
         ("Libraires used", libraries_cell),
-        ("Executor", f"<code>{escape(script.executor_name)}</code>"),
+        ("Executor", f"<code>{escape(script.executor)}</code>"),
     ]
     table = "".join(f"<tr><th>{label}</th><td>{cell}</td></tr>\n" for label, cell in rows)
     content = (

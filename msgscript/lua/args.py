@@ -23,7 +23,9 @@ from typing import Any, Final, TypeGuard, overload
 
 import lupa.lua51 as lupa51
 
-from msgscript.lua.runtime import as_text, lua_number_text
+from msgscript.errors import MsgscriptError
+from msgscript.lua.numbers import lua_number_text
+from msgscript.lua.runtime import as_text
 
 _LUA_SPACE = b" \t\n\v\f\r"
 
@@ -41,8 +43,8 @@ NO_VALUE: Final = _NoValue()
 """An argument the caller did not pass (see `argument`); its Lua type name is `no value`."""
 
 
-class LuaArgumentError(Exception):
-    """A function called from Lua got a bad argument; the text is luaL_argerror's, which scripts see.
+class LuaArgumentError(MsgscriptError):
+    """Raised when a function called from Lua gets a bad argument; the text is luaL_argerror's, which scripts see.
 
     Built from its parts, `LuaArgumentError(2, "write", "string expected, got nil")` reads
     `bad argument #2 to 'write' (string expected, got nil)`; a single text already worded that way is

@@ -13,9 +13,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from msgscript.lua.module import ModuleContext
+from msgscript.errors import MsgscriptError
+from msgscript.lua.contract import ModuleContext
+
+if TYPE_CHECKING:
+    from msgscript.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,7 @@ _SHELL_POLL_S = 0.1
 """How often a running shell command looks whether its execution was cancelled."""
 
 
-class LuaMemoryError(MemoryError):
+class LuaMemoryError(MsgscriptError, MemoryError):
     """Raised when Python work done for a script would take it past its memory cap."""
 
     def __init__(self) -> None:
@@ -65,7 +69,7 @@ class Execution:
         loop: Any,
         nats: Any | None,
         env: Mapping[str, str],
-        services: Mapping[str, Any],
+        services: Services | None,
     ) -> None:
         self.deadline = deadline
         self.cancelled = False

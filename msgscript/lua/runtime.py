@@ -15,7 +15,6 @@ is counted against what the cap leaves instead (`Execution.charge`).
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections import OrderedDict
@@ -27,8 +26,9 @@ from typing import Any, NamedTuple
 import lupa.lua51 as lupa51
 
 from msgscript import _libc
+from msgscript.lua.contract import LuaModule
 from msgscript.lua.execution import NOT_ENOUGH_MEMORY, Execution
-from msgscript.lua.module import LuaModule
+from msgscript.lua.numbers import INT64_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ ESCALATE_MESSAGE = "msgscript: this execution needs a worker thread"
 _ARM_HEADROOM_BYTES = 64 * 1024
 _SLOT_BYTES = 16
 _MAX_SIZE_DEPTH = 16
-_INT64 = 2**63
 _BOOTSTRAP = files("msgscript.lua").joinpath("runtime.lua").read_bytes()
 
 LuaError = lupa51.LuaError
@@ -113,56 +112,6 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, LuaError) and exc.args:
         return as_text(exc.args[0])
     return str(exc) or type(exc).__name__
-
-
-def shortest_digits(value: float) -> tuple[str, int]:
-    """The shortest round-tripping decimal digits of abs(value) and where the decimal point goes.
-
-    The value is 0.DIGITS × 10**point, like Go's strconv decimal. value must be finite and non-zero.
-    """
-    mantissa, _, exponent = repr(abs(value)).partition("e")
-    whole, _, fraction = mantissa.partition(".")
-    digits = whole + fraction
-    point = len(whole) + (int(exponent) if exponent else 0)
-    stripped = digits.lstrip("0")
-    point -= len(digits) - len(stripped)
-    return stripped.rstrip("0"), point
-
-
-def fixed_notation(digits: str, point: int) -> str:
-    """Write 0.DIGITS × 10**point without an exponent (Go's 'f' format with shortest digits)."""
-    if point <= 0:
-        return "0." + "0" * -point + digits
-    if point >= len(digits):
-        return digits + "0" * (point - len(digits))
-    return digits[:point] + "." + digits[point:]
-
-
-def go_float_text(value: float) -> str:
-    """Format a float like Go's strconv.FormatFloat(v, 'g', -1, 64), which is what `%v` prints."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "-0" if math.copysign(1.0, value) < 0 else "0"
-    digits, point = shortest_digits(value)
-    sign = "-" if value < 0 else ""
-    exponent = point - 1
-    if exponent < -4 or exponent >= 6:
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{sign}{mantissa}e{'-' if exponent < 0 else '+'}{abs(exponent):02d}"
-    return sign + fixed_notation(digits, point)
-
-
-def lua_number_text(value: float) -> str:
-    """Format a Lua number like gopher-lua: integral values without a point (`200`), others Go-style (`1.5`)."""
-    if isinstance(value, int) and -_INT64 <= value < _INT64:
-        return str(value)
-    number = float(value)
-    if number.is_integer() and -_INT64 <= number < _INT64:
-        return str(int(number))
-    return go_float_text(number)
 
 
 class LuaSandbox:
@@ -363,7 +312,7 @@ class LuaSandbox:
         if value is None or isinstance(value, bool | bytes | float):
             return value
         if isinstance(value, int):
-            return value if -_INT64 <= value < _INT64 else float(value)
+            return value if -INT64_LIMIT <= value < INT64_LIMIT else float(value)
         if isinstance(value, str):
             return value.encode("utf-8", "surrogateescape")
         if isinstance(value, bytearray | memoryview):

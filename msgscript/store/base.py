@@ -35,20 +35,62 @@ class Store(Protocol):
         """
         ...
 
-    async def put_script(self, script: Script) -> None:
-        """Add or replace the script stored under its subject and name."""
+    async def script_names(self) -> list[tuple[str, str]]:
+        """The (subject, name) of every stored script, sorted (what `msgscriptcli list` shows)."""
         ...
 
-    async def delete_script(self, subject: str, name: str) -> None:
-        """Remove a script; no error when it does not exist."""
+    async def library_names(self) -> list[str]:
+        """The name of every stored library, sorted."""
         ...
 
-    async def put_library(self, name: str, source: str) -> None:
-        """Add or replace a library."""
+    async def put_script(self, script: Script, *, text: str | None = None) -> None:
+        """Add or replace the script stored under its subject and name.
+
+        Args:
+            script: the script, its subject and name final.
+            text: the file it was read from, if any. A store that keeps files writes this text (its subject
+                and name headers set to the script's), so comments, header order and line endings survive;
+                the others store `script` alone.
+
+        Raises:
+            StoreError: the store refuses the script or cannot write it.
+        """
         ...
 
-    async def delete_library(self, name: str) -> None:
-        """Remove a library; no error when it does not exist."""
+    async def delete_script(self, subject: str, name: str) -> bool:
+        """Remove a script.
+
+        Returns:
+            True when a script was removed; False (no error) when there was none.
+
+        Raises:
+            StoreError: the store cannot remove it.
+        """
+        ...
+
+    async def put_library(self, name: str, source: str, *, text: str | None = None) -> None:
+        """Add or replace a library.
+
+        Args:
+            name: the library's name (what `--* require:` asks for).
+            source: its header-stripped text, what scripts get.
+            text: the file it was read from, if any (`--* name:` header included); a store that keeps files
+                writes it, the others store `source`.
+
+        Raises:
+            StoreError: the store refuses the library or cannot write it.
+        """
+        ...
+
+    async def delete_library(self, name: str) -> bool:
+        """Remove a library.
+
+        Returns:
+            True when a library was removed; False (no error) when there was none.
+
+        Raises:
+            StoreError: the store cannot remove it.
+        """
         ...
 
     def add_listener(self, callback: Callable[[], None]) -> None:

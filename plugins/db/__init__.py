@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from msgscript.plugins import PluginModules
+from msgscript.lua.api import PluginModules
 
 from . import mysql, postgres, sqlite3
 

@@ -12,15 +12,23 @@ cap fails the query with `not enough memory` and closes the connection (its resu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, ClassVar
 
-from msgscript.lua.args import LuaArgumentError, check_self, is_table, to_number, to_string, to_text
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import error_text
+from msgscript.lua.api import (
+    LuaArgumentError,
+    ModuleContext,
+    check_self,
+    error_text,
+    is_table,
+    to_number,
+    to_string,
+    to_text,
+)
 
 __all__ = [
     "LuaArgumentError",
@@ -108,11 +116,13 @@ class SqlClient(ABC):
     # What each database provides.
 
     @abstractmethod
-    def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run one query on the connection and return its rows (empty for statements without a result set).
+    def stream_rows(self, conn: Any, sql: bytes) -> Generator[Row, None, None]:
+        """Run one query on the connection and yield its rows, column name → value, as the driver reads them
+        (nothing for a statement without a result set).
 
-        Rows are fetched one at a time, each charged (`row_bytes`) to the script's memory cap before the next
-        (ctx.charge raises MemoryError): a driver must not buffer a whole result set first.
+        `execute` charges each row to the script's memory cap before it asks for the next, so a driver must
+        not buffer a whole result set first. Closed before its end, the stream was abandoned because the rows
+        passed the cap: the connection is closed next and need not be left usable.
         """
 
     @abstractmethod
@@ -132,6 +142,18 @@ class SqlClient(ABC):
         return error_text(exc)
 
     # Shared behaviour.
+
+    def execute(self, conn: Any, sql: bytes) -> list[Row]:
+        """Run one query on the connection and return its rows (empty for statements without a result set).
+
+        Each row is charged (`row_bytes`) as it arrives; ctx.charge raises MemoryError at the script's cap.
+        """
+        rows: list[Row] = []
+        with contextlib.closing(self.stream_rows(conn, sql)) as stream:
+            for row in stream:
+                self.ctx.charge(row_bytes(row))
+                rows.append(row)
+        return rows
 
     def limit_s(self) -> float:
         """How long the next wait may last: the client's timeout, never past the script's deadline."""

@@ -22,6 +22,7 @@ reported by connect rather than by the first query.
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from typing import Any
 
 import pymysql
@@ -29,10 +30,9 @@ import pymysql.cursors
 from pymysql.charset import charset_by_name
 from pymysql.constants import FIELD_TYPE
 
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import error_text
+from msgscript.lua.api import ModuleContext, error_text
 
-from ._client import Row, ServerClient, ServerModule, option_port, option_text, row_bytes
+from ._client import Row, ServerClient, ServerModule, option_port, option_text
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3306
@@ -127,23 +127,19 @@ class MySQLClient(ServerClient):
         self._thread_id = conn.thread_id()
         return (True,)
 
-    def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run one statement; rows come back as column → value tables, read from the server one at a time (an
-        unbuffered cursor) and each charged as it arrives."""
+    def stream_rows(self, conn: Any, sql: bytes) -> Generator[Row, None, None]:
+        """Run one statement; rows are read from the server one at a time (an unbuffered cursor)."""
         cursor: Any = conn.cursor(pymysql.cursors.SSCursor)
         try:
             cursor.execute(sql)
             if cursor.description is None:
-                return []
+                return
             names = [column[0] for column in cursor.description]
-            rows = []
             while (values := cursor.fetchone()) is not None:
-                row = dict(zip(names, values, strict=True))
-                self.ctx.charge(row_bytes(row))
-                rows.append(row)
-            return rows
-        except MemoryError:
-            # Closing the cursor would first read the rest of the result set; the connection is closed instead.
+                yield dict(zip(names, values, strict=True))
+        except GeneratorExit:
+            # Abandoned past the memory cap: closing the cursor would first read the rest of the result set;
+            # the connection is closed instead.
             cursor = None
             raise
         finally:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import select
 import time
+from collections.abc import Generator
 from typing import Any
 
 import psycopg
@@ -32,9 +33,9 @@ from psycopg.adapt import AdaptersMap, Transformer
 from psycopg.types import bool as pg_bool
 from psycopg.types import numeric, string
 
-from msgscript.lua.runtime import error_text
+from msgscript.lua.api import error_text
 
-from ._client import Row, ServerClient, ServerModule, option_port, option_text, row_bytes
+from ._client import Row, ServerClient, ServerModule, option_port, option_text
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5432
@@ -141,12 +142,11 @@ class PostgresClient(ServerClient):
         self.replace_connection(conn)
         return (True,)
 
-    def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run the statement(s); the first one's rows come back as column → value tables.
+    def stream_rows(self, conn: Any, sql: bytes) -> Generator[Row, None, None]:
+        """Run the statement(s); the first one's rows are yielded, the rows of later statements read and dropped.
 
         libpq would hold a whole result set in memory before the first row could be looked at, so the query
-        runs in single-row mode (on the simple protocol, which allows several statements) and each row is
-        charged as it arrives; the rows of later statements are read and dropped.
+        runs in single-row mode (on the simple protocol, which allows several statements).
         """
         pgconn = conn.pgconn
         transformer = Transformer(conn)
@@ -155,7 +155,7 @@ class PostgresClient(ServerClient):
         wait = _Waiter(pgconn, self.ctx.remaining_s() + SOCKET_GRACE_S)
         try:
             wait.sent()
-            rows, error = self._stream(conn, transformer, wait)
+            error = yield from self._results(conn, transformer, wait)
         except (psycopg.OperationalError, _CopyError):
             # Left in the middle of a query (a silent server, a COPY): the connection cannot be reused.
             self.close()
@@ -163,10 +163,9 @@ class PostgresClient(ServerClient):
         # The server's own error (the query's, or the watchdog's cancel): the connection is ready again.
         if error is not None:
             raise error
-        return rows
 
-    def _stream(self, conn: Any, transformer: Any, wait: _Waiter) -> tuple[list[Row], psycopg.Error | None]:
-        rows: list[Row] = []
+    def _results(self, conn: Any, transformer: Any, wait: _Waiter) -> Generator[Row, None, psycopg.Error | None]:
+        """Yield the first statement's rows; returns the first error the server reported, once the query is done."""
         names: list[str] | None = None
         first_done = False
         error: psycopg.Error | None = None
@@ -180,16 +179,14 @@ class PostgresClient(ServerClient):
                     transformer.set_pgresult(result, set_loaders=True)
                 else:
                     transformer.set_pgresult(result, set_loaders=False)
-                row = dict(zip(names, transformer.load_row(0, tuple), strict=True))
-                self.ctx.charge(row_bytes(row))
-                rows.append(row)
+                yield dict(zip(names, transformer.load_row(0, tuple), strict=True))
             elif status == pq.ExecStatus.FATAL_ERROR:
                 error = error or psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
             elif status in _COPY_STATUSES:
                 raise _CopyError("COPY cannot be used in a query")
             else:
                 first_done = True
-        return rows, error
+        return error
 
     def interrupt(self, conn: Any) -> None:
         """Send the server a cancel request for the running query."""

@@ -23,10 +23,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.api import ModuleContext
 
 from ._client import (
     LuaArgumentError,
@@ -35,7 +35,6 @@ from ._client import (
     check_client,
     option_text,
     options_table,
-    row_bytes,
     to_string,
 )
 
@@ -71,19 +70,15 @@ class SqliteClient(SqlClient):
         self.replace_connection(conn)
         return (True,)
 
-    def execute(self, conn: Any, sql: bytes) -> list[Row]:
-        """Run one statement; rows come back as column → value tables, each charged as SQLite makes it."""
+    def stream_rows(self, conn: Any, sql: bytes) -> Generator[Row, None, None]:
+        """Run one statement; rows come as SQLite makes them."""
         cursor = conn.execute(sql.decode("utf-8", "replace"))
         try:
             if cursor.description is None:
-                return []
+                return
             names = [column[0] for column in cursor.description]
-            rows = []
             for values in cursor:
-                row = dict(zip(names, values, strict=True))
-                self.ctx.charge(row_bytes(row))
-                rows.append(row)
-            return rows
+                yield dict(zip(names, values, strict=True))
         finally:
             cursor.close()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from msgscript.plugins import PluginModules
+from msgscript.lua.api import PluginModules
 
 from . import cmd, crypto, filepath, inspect, ioutil, log, runtime, storage, strings, tac, tcp, template, time, yaml
 

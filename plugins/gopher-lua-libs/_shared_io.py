@@ -1,6 +1,6 @@
 """Helpers shared by the gopher-lua-libs modules that touch files, processes and sockets.
 
-Argument checks (msgscript.lua.args', under the names these modules use; a numeric string is not a
+Argument checks (msgscript.lua.api's, under the names these modules use; a numeric string is not a
 number here), paths resolved against the execution's own directory, OS errors worded the way Go's os
 package words them (`open x: no such file or directory`), and Go's fmt verbs applied to Lua values.
 """
@@ -16,11 +16,19 @@ import stat
 import unicodedata
 from collections.abc import Callable
 
-from msgscript.lua.args import LuaArgumentError, check_self, check_string, check_table, is_number, lua_type_name
-from msgscript.lua.args import check_number as _check_number
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.modules.support import raw_text
-from msgscript.lua.runtime import go_float_text, lua_number_text
+from msgscript.lua.api import (
+    LuaArgumentError,
+    ModuleContext,
+    check_self,
+    check_string,
+    check_table,
+    go_float_text,
+    is_number,
+    lua_number_text,
+    lua_type_name,
+    raw_text,
+)
+from msgscript.lua.api import check_number as _check_number
 
 __all__ = [
     "READ_CHUNK_BYTES",

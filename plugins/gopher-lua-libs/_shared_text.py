@@ -1,12 +1,12 @@
 """Helpers shared by the gopher-lua-libs modules that compute on text and values (no files, no sockets).
 
-The argument checks are msgscript.lua.args', under the names these modules use; numeric strings count
+The argument checks are msgscript.lua.api's, under the names these modules use; numeric strings count
 as numbers (gopher-lua's CheckNumber). Also the conversions between Lua strings (bytes) and Python text.
 """
 
 from __future__ import annotations
 
-from msgscript.lua.args import (
+from msgscript.lua.api import (
     LuaArgumentError,
     check_number,
     check_present,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.api import ModuleContext
 
 from ._shared_io import check_number, check_string
 
@@ -98,6 +98,7 @@ class CmdModule:
     """Builds the `cmd` table for one execution."""
 
     name = "cmd"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{exec = ...}`."""

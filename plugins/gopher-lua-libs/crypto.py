@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.api import ModuleContext
 
 from ._shared_text import check_string
 

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.api import ModuleContext
 
 from ._shared_io import GoFormatter, check_string, errno_text, text
 
@@ -387,6 +387,7 @@ class FilepathModule:
     """Builds the `filepath` table for one execution."""
 
     name = "filepath"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return the table of functions."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.api import ModuleContext, lua_chunk
 
 _SOURCE = rb"""
 local type, tostring, next, rawget = type, tostring, next, rawget

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.api import ModuleContext, lua_chunk
 
 from ._shared_io import check_string, open_for_reading, path_error, read_all, resolve
 
@@ -89,6 +89,7 @@ class IoutilModule:
     """Builds the `ioutil` table for one execution."""
 
     name = "ioutil"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{read_file, write_file, copy, copyn}`."""

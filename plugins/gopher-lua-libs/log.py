@@ -26,8 +26,7 @@ from typing import Any
 
 import lupa.lua51 as lupa51
 
-from msgscript.lua.module import ModuleContext, lua_chunk
-from msgscript.lua.modules.support import HandleLimit, raw_getter
+from msgscript.lua.api import HandleLimit, ModuleContext, lua_chunk, raw_getter
 
 from ._shared_io import (
     TOO_MANY,
@@ -269,6 +268,7 @@ class LogModule:
     """Builds the `log` table for one execution."""
 
     name = "log"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{new = ...}`."""

@@ -11,7 +11,7 @@ import platform
 import sys
 from typing import Any
 
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.api import ModuleContext
 
 # sys.platform prefixes → GOOS.
 _GOOS = (

@@ -35,8 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.modules.json import module as json_module
+from msgscript.lua.api import ModuleContext, json_module
 
 from ._shared_io import argument_error, check_self, check_string, path_error, resolve
 
@@ -215,6 +214,7 @@ class StorageModule:
     """Builds the `storage` table for one execution."""
 
     name = "storage"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{open = ...}`."""

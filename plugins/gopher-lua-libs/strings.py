@@ -17,8 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from msgscript.lua.module import ModuleContext, lua_chunk
-from msgscript.lua.runtime import lua_number_text
+from msgscript.lua.api import ModuleContext, lua_chunk, lua_number_text
 
 from ._shared_text import check_string
 

@@ -16,8 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.modules.support import HandleLimit
+from msgscript.lua.api import HandleLimit, ModuleContext
 
 from ._shared_io import TOO_MANY, check_self, check_string, open_for_reading, path_error, resolve, text
 
@@ -83,6 +82,7 @@ class TacModule:
     """Builds the `tac` table for one execution."""
 
     name = "tac"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{open = ...}`."""

@@ -18,8 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from msgscript.lua.module import ModuleContext, lua_chunk
-from msgscript.lua.modules.support import HandleLimit
+from msgscript.lua.api import HandleLimit, ModuleContext, lua_chunk
 
 from ._shared_io import TOO_MANY, LuaArgumentError, argument_error, check_self, check_string, errno_text, text
 
@@ -249,6 +248,7 @@ class TcpModule:
     """Builds the `tcp` table for one execution."""
 
     name = "tcp"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{open = ...}`."""

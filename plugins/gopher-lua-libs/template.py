@@ -23,8 +23,7 @@ from typing import Any
 import chevron
 import chevron.tokenizer
 
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import lua_number_text
+from msgscript.lua.api import ModuleContext, lua_number_text
 
 from ._shared_io import open_for_reading, read_all
 from ._shared_text import argument_error, check_string, check_table, is_table, lua_bytes, text
@@ -359,7 +358,8 @@ class TemplateModule:
     """Builds the `template` table for one execution."""
 
     name = "template"
-    # Not inline_safe: render_file and partials read files.
+    inline_safe = False
+    """render_file and partials read files."""
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{choose = ...}`."""

@@ -29,8 +29,7 @@ from typing import Any
 
 import yaml
 
-from msgscript.lua.module import ModuleContext, lua_chunk
-from msgscript.lua.runtime import go_float_text
+from msgscript.lua.api import ModuleContext, go_float_text, lua_chunk
 
 from ._shared_text import check_present, check_string, is_table, lua_type_name
 

@@ -6,7 +6,7 @@ import logging
 from importlib.metadata import entry_points
 
 from msgscript.errors import ConfigError
-from msgscript.lua.module import LuaModule
+from msgscript.lua.contract import LuaModule
 
 log = logging.getLogger(__name__)
 

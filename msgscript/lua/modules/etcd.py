@@ -7,7 +7,7 @@ and an error. KV objects are userdata with `kv:getKey()` and `kv:getValue()`. Re
 defines the global `EtcdKV`, what `getmetatable(kv)` returns, whose `EtcdKV.new(key, value)` builds one.
 
 Unlike Go, which dials a new client (never closed) on every `require`, every call goes to the daemon's
-one client (`ctx.services["etcd"]`, endpoints from -etcdurl/ETCD_ENDPOINTS) and waits at most until the
+one client (`ctx.services.etcd`, endpoints from -etcdurl/ETCD_ENDPOINTS) and waits at most until the
 script's deadline.
 """
 
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from msgscript.etcd import EtcdClient, EtcdError, KeyValue
+from msgscript.errors import EtcdError
+from msgscript.etcd_client import EtcdClient, KeyValue
 from msgscript.lua.args import argument, check_bool, check_string
-from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.contract import ModuleContext, lua_chunk
 from msgscript.lua.runtime import error_text
 
 NOT_CONFIGURED = "etcd is not configured"
@@ -103,10 +104,11 @@ class EtcdModule:
     """Builds the `etcd` table (and the `EtcdKV` global) for one execution."""
 
     name = "etcd"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{put = ..., get = ..., delete = ...}` bound to the shared client."""
-        client: EtcdClient | None = ctx.services.get("etcd")
+        client: EtcdClient | None = None if ctx.services is None else ctx.services.etcd
         kv_metatable, wrap = lua_chunk(lua, "etcd", _KV_SOURCE)()
         ctx.set_global("EtcdKV", kv_metatable)
 

@@ -30,18 +30,19 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from msgscript._gohttp import DEADLINE_EXCEEDED, canonical_header_key, is_token
 from msgscript.durations import parse_duration
+from msgscript.errors import MsgscriptError
 from msgscript.lua.args import check_table, is_number, is_table
+from msgscript.lua.contract import ModuleContext
 from msgscript.lua.execution import NOT_ENOUGH_MEMORY
-from msgscript.lua.module import ModuleContext
 from msgscript.lua.modules.support import LoopCharges, raw_getter
-from msgscript.lua.runtime import error_text, lua_number_text
+from msgscript.lua.numbers import lua_number_text
+from msgscript.lua.runtime import error_text
 
 MAX_REDIRECTS = 10
 """Go's default: the tenth redirect response is an error."""
-DEADLINE_EXCEEDED = "context deadline exceeded"
 AUTH_ERROR = "auth table must contain no nil user and pass fields"
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _SENSITIVE = ("Authorization", "Www-Authenticate", "Cookie", "Cookie2")
@@ -62,8 +63,8 @@ def _no_charge(nbytes: int) -> None:
     pass
 
 
-class RequestError(Exception):
-    """A request failed; the message is what the script gets as the error."""
+class RequestError(MsgscriptError):
+    """Raised when a request of the `http` module cannot be made or followed; the text is the script's error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +96,6 @@ def _header_text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-def canonical_header_key(key: str) -> str:
-    """Go's textproto.CanonicalMIMEHeaderKey: `content-type` → `Content-Type`; odd keys stay as they are."""
-    if not _TOKEN.match(key):
-        return key
-    return "-".join(part[:1].upper() + part[1:].lower() for part in key.split("-"))
-
-
 def _cookie_value(value: bytes) -> str:
     """Go's sanitizeCookieValue: drop bytes a cookie value may not hold, quote values with spaces or commas."""
     kept = bytes(b for b in value if 0x20 <= b < 0x7F and b not in b'";\\').decode("ascii")
@@ -123,7 +117,7 @@ def read_request(method: object, url: object, options: object, rawget: RawGet, c
 
     headers = CIMultiDict[str]()
     error: str | None = None
-    if not _TOKEN.match(method_text):
+    if not is_token(method_text):
         error = f"net/http: invalid method {_go_quote(method_text)}"
 
     cookies = _field(opts, b"cookies")
@@ -263,7 +257,7 @@ def _response_cookies(values: list[str]) -> dict[str, str]:
         pair = header.split(";", 1)[0].strip()
         name, equals, value = pair.partition("=")
         name, value = name.strip(), value.strip()
-        if not equals or not _TOKEN.match(name):
+        if not equals or not is_token(name):
             continue
         if len(value) > 1 and value[0] == value[-1] == '"':
             value = value[1:-1]
@@ -417,10 +411,11 @@ class HttpModule:
     """Builds the `http` table for one execution, bound to its deadline."""
 
     name = "http"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return the request functions."""
-        shared = ctx.services.get("http")
+        shared = None if ctx.services is None else ctx.services.http
 
         def limit(request: _Request) -> float:
             remaining = ctx.remaining_s()
@@ -483,7 +478,7 @@ class HttpModule:
 
 
 async def _gather(
-    shared: Any, batch: list[_Request], limits: list[float], charge: Charge
+    shared: aiohttp.ClientSession | None, batch: list[_Request], limits: list[float], charge: Charge
 ) -> list[dict[str, object] | str]:
     """Run a batch's requests concurrently, at most BATCH_CONCURRENCY at a time (the connection pool is shared
     with every other execution).

@@ -20,8 +20,9 @@ from typing import Any
 
 import lupa.lua51 as lupa51
 
-from msgscript.lua.module import ModuleContext
-from msgscript.lua.runtime import fixed_notation, go_float_text, shortest_digits
+from msgscript.errors import MsgscriptError
+from msgscript.lua.contract import ModuleContext
+from msgscript.lua.numbers import fixed_notation, go_float_text, shortest_digits
 from msgscript.message import go_string
 
 # The structure check runs in Lua, where a table can be a key of the visited set (lupa hands Python a
@@ -95,8 +96,8 @@ _DECODE_CONTEXT = {
 }
 
 
-class _EncodeError(Exception):
-    pass
+class _EncodeError(MsgscriptError):
+    """Raised while encoding a value that JSON cannot hold (userdata, NaN, infinities); `encode` returns its text."""
 
 
 def json_number(value: float) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from msgscript.lua.args import check_string, opt_number
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.contract import ModuleContext
 from msgscript.lua.modules.support import HandleLimit
 from msgscript.lua.runtime import as_text
 
@@ -77,6 +77,7 @@ class LfsModule:
     """Builds the `lfs` table for one execution, bound to its current directory."""
 
     name = "lfs"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return the LuaFileSystem functions."""

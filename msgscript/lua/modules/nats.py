@@ -16,7 +16,7 @@ from typing import Any
 
 from msgscript import tracing
 from msgscript.lua.args import check_string, is_number, opt_string
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.contract import ModuleContext
 from msgscript.lua.runtime import error_text
 from msgscript.message import MSG_ID_HEADER
 
@@ -52,6 +52,7 @@ class NatsModule:
     """Builds the `nats` table for one execution, bound to its context."""
 
     name = "nats"
+    inline_safe = False
 
     def load(self, lua: Any, ctx: ModuleContext) -> object:
         """Return `{publish = ..., request = ...}`."""

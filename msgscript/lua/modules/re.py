@@ -33,7 +33,7 @@ from typing import Any
 import re2
 
 from msgscript.lua.args import LuaArgumentError, check_string, lua_type_name, opt_number
-from msgscript.lua.module import ModuleContext, lua_chunk
+from msgscript.lua.contract import ModuleContext, lua_chunk
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False

@@ -17,7 +17,7 @@ from typing import Any
 
 import lupa.lua51 as lupa51
 
-from msgscript.lua.module import ModuleContext
+from msgscript.lua.contract import ModuleContext
 
 DEFAULT_MAX_HANDLES = 64
 """Open handles of one kind one execution may hold at once (the sandbox allows as many io files)."""

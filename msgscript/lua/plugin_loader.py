@@ -5,7 +5,7 @@ A plugin is a Python file (`hello.py`) or package (a folder with `__init__.py`) 
     def preload(modules: PluginModules, envs: Mapping[str, str]) -> None
 
 the counterpart of the Go msgscript's `Preload(L, envs)`. It runs once, at startup, and adds
-LuaModule objects (see `msgscript.lua.module`) with `modules.add(...)`; `envs` is the daemon's
+LuaModule objects (see `msgscript.lua.api`) with `modules.add(...)`; `envs` is the daemon's
 environment. `-plugin DIR` loads every plugin in DIR (not recursively, in name order); installed
 packages offer theirs through the `msgscript.plugins` entry-point group, each entry naming a
 `preload` function. Any failure is a ConfigError that stops the startup.
@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from msgscript.errors import ConfigError
-from msgscript.lua.module import LuaModule
+from msgscript.lua.contract import LuaModule
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from msgscript.errors import LibraryNotFound
 from msgscript.script import Script
@@ -47,8 +47,16 @@ class MemoryStore:
             sources.append(source)
         return tuple(sources)
 
-    async def put_script(self, script: Script) -> None:
-        """Add or replace a script."""
+    async def script_names(self) -> list[tuple[str, str]]:
+        """The (subject, name) of every script held, sorted."""
+        return sorted((subject, name) for subject, by_name in self._scripts.items() for name in by_name)
+
+    async def library_names(self) -> list[str]:
+        """The name of every library held, sorted."""
+        return sorted(self._libraries)
+
+    async def put_script(self, script: Script, *, text: str | None = None) -> None:
+        """Add or replace a script (`text` is not kept)."""
         self.add(script)
 
     def add(self, script: Script) -> None:
@@ -60,28 +68,33 @@ class MemoryStore:
             self._patterns.append(script.subject)
         self._notify()
 
-    async def delete_script(self, subject: str, name: str) -> None:
-        """Remove a script; a subject left without scripts is forgotten."""
+    async def delete_script(self, subject: str, name: str) -> bool:
+        """Remove a script (True when there was one); a subject left without scripts is forgotten."""
         by_name = self._scripts.get(subject)
         if by_name is None or by_name.pop(name, None) is None:
-            return
+            return False
         if not by_name:
             del self._scripts[subject]
             if subject in self._patterns:
                 self._patterns.remove(subject)
         self._notify()
+        return True
 
-    async def put_library(self, name: str, source: str) -> None:
-        """Add or replace a library."""
+    async def put_library(self, name: str, source: str, *, text: str | None = None) -> None:
+        """Add or replace a library (`text` is not kept)."""
         self._libraries[name] = source
 
     def add_library(self, name: str, source: str) -> None:
         """Add or replace a library without awaiting (used while loading)."""
         self._libraries[name] = source
 
-    async def delete_library(self, name: str) -> None:
-        """Remove a library."""
-        self._libraries.pop(name, None)
+    def replace_libraries(self, libraries: Mapping[str, str]) -> None:
+        """Hold exactly these libraries from now on (`msgscriptcli devhttp` re-reads them for every request)."""
+        self._libraries = dict(libraries)
+
+    async def delete_library(self, name: str) -> bool:
+        """Remove a library (True when there was one)."""
+        return self._libraries.pop(name, None) is not None
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` after every change to the scripts."""

@@ -11,8 +11,9 @@ does not eat the whole budget while another endpoint may answer.
 
 Besides plain key operations the client offers what the store and the lock need: ranges that report
 the store revision they saw (`range`), watches that resume from a revision and notice a silent stream
-(`watch`, `Watch`), and leases (`grant_lease`, `keep_alive`, `revoke_lease`). gRPC reconnects a lost
-channel by itself (backoff capped at 2 s); a request made meanwhile fails at once with EtcdUnavailable.
+(`watch`, which opens a `msgscript.etcd_watch.Watch`), and leases (`grant_lease`, `keep_alive`,
+`revoke_lease`). gRPC reconnects a lost channel by itself (backoff capped at 2 s); a request made meanwhile
+fails at once with EtcdUnavailable.
 
 A secured etcd is reached with `EtcdCredentials`, built from the settings by `etcd_credentials`: TLS (a CA,
 a client certificate) and a user whose token is renewed whenever etcd has forgotten it.
@@ -26,7 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aetcd
@@ -34,16 +35,18 @@ import grpc
 import grpc.aio
 from aetcd import rpc
 
-from msgscript.config import Settings
+from msgscript.config import DEFAULT_ETCD_PORT, Settings
 from msgscript.durations import format_duration
-from msgscript.errors import ConfigError, MsgscriptError
+from msgscript.errors import ConfigError, EtcdError, EtcdUnavailable
 from msgscript.tls import client_tls_context, read_file
+
+if TYPE_CHECKING:
+    from msgscript.etcd_watch import Watch
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_PORT = 2379
 CONNECT_TIMEOUT_S = 3.0
 """How long an endpoint that is not connected yet may take before the next one is tried (Go's dial timeout)."""
 WATCH_IDLE_S = 5.0
@@ -56,34 +59,6 @@ _CHANNEL_OPTIONS = {
     "grpc.min_reconnect_backoff_ms": 200,
     "grpc.max_reconnect_backoff_ms": 500,
 }
-
-
-class EtcdError(MsgscriptError):
-    """Raised when etcd answers a request with an error, or the client cannot be used."""
-
-
-class EtcdUnavailable(EtcdError):
-    """Raised when no etcd endpoint could be reached (refused, unresolvable or silent) in time."""
-
-    def __init__(self, failures: Sequence[tuple[str, str]]) -> None:
-        self.endpoints = tuple(endpoint for endpoint, _ in failures)
-        if len(failures) == 1:
-            endpoint, reason = failures[0]
-            message = f"etcd at {endpoint} is unreachable: {reason}"
-        else:
-            message = "no etcd endpoint is reachable: " + "; ".join(f"{e}: {r}" for e, r in failures)
-        super().__init__(message)
-
-
-class WatchCompacted(EtcdError):
-    """Raised by a watch whose start revision etcd has compacted away: the changes since are lost.
-
-    The watcher must read the current state again and watch from that read's revision.
-    """
-
-    def __init__(self, compact_revision: int) -> None:
-        self.compact_revision = compact_revision
-        super().__init__(f"etcd has compacted its history up to revision {compact_revision}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +96,7 @@ def parse_endpoint(text: str) -> Endpoint:
         raise ValueError(f"invalid etcd endpoint {text!r}: {exc}") from exc
     if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"invalid etcd endpoint {text!r}")
-    return Endpoint(parts.hostname, DEFAULT_PORT if port is None else port, secure=parts.scheme.lower() == "https")
+    return Endpoint(parts.hostname, DEFAULT_ETCD_PORT if port is None else port, secure=parts.scheme.lower() == "https")
 
 
 def parse_endpoints(values: Iterable[str]) -> tuple[Endpoint, ...]:
@@ -192,150 +167,6 @@ class RangeResult:
     """The ID of the etcd cluster that answered (a cluster rebuilt from scratch may have another)."""
     count: int
     """How many keys matched (more than len(kvs) with a limit or `count_only`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    """One change seen by a watch."""
-
-    deleted: bool
-    kv: KeyValue
-    """For a deletion: the key, an empty value, and the revision of the deletion as `mod_revision`."""
-
-
-@dataclass(frozen=True, slots=True)
-class WatchBatch:
-    """The changes of one watch response, in revision order."""
-
-    events: tuple[WatchEvent, ...]
-
-    @property
-    def revision(self) -> int:
-        """The revision of the last change in the batch: a watch resumed after it misses nothing."""
-        return max(event.kv.mod_revision for event in self.events)
-
-
-_PROGRESS_REQUEST = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
-
-
-def _rpc_failure(exc: grpc.aio.AioRpcError, endpoint: str) -> EtcdError:
-    """An RPC error as one of ours: unreachable for transport failures, etcd's own text otherwise."""
-    details = exc.details() or exc.code().name
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
-        return EtcdUnavailable([(endpoint, details)])
-    return EtcdError(details)
-
-
-class Watch:
-    """An open watch on one key or key prefix (`EtcdClient.watch`); close it with `close` or `async with`.
-
-    `next` returns the changes of the next watch response. While nothing happens, the watch asks etcd
-    every `idle_s` to confirm the stream is alive (a progress request) and gives up with EtcdUnavailable
-    when no answer comes within `timeout_s`, so a silent network failure ends the watch instead of
-    leaving it waiting forever. A broken stream raises EtcdUnavailable, a start revision etcd no longer
-    holds raises WatchCompacted; either way the watch is finished and a new one must be opened.
-    """
-
-    def __init__(self, call: Any, endpoint: str, *, idle_s: float, timeout_s: float) -> None:
-        self._call = call
-        self._endpoint = endpoint
-        self._idle_s = idle_s
-        self._timeout_s = timeout_s
-        # A read in progress outlives a timed-out wait: cancelling a gRPC read would cancel the whole stream.
-        self._pending: asyncio.Future[Any] | None = None
-        self.watch_id: int | None = None
-
-    async def __aenter__(self) -> Watch:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def next(self) -> WatchBatch:
-        """The next changes.
-
-        Raises:
-            EtcdUnavailable: the stream broke, or etcd stopped answering on it.
-            WatchCompacted: etcd no longer holds the history from the start revision.
-            EtcdError: etcd cancelled the watch for another reason.
-        """
-        probing = False
-        while True:
-            try:
-                response = await self._read(self._timeout_s if probing else self._idle_s)
-            except grpc.aio.AioRpcError as exc:
-                raise _rpc_failure(exc, self._endpoint) from exc
-            if response is None:
-                if probing:
-                    reason = f"the watch stream got no answer within {format_duration(self._timeout_s)}"
-                    raise EtcdUnavailable([(self._endpoint, reason)])
-                await self._send(_PROGRESS_REQUEST)
-                probing = True
-                continue
-            probing = False
-            self._check(response)
-            if response.events and response.watch_id == self.watch_id:
-                return WatchBatch(tuple(_event(event) for event in response.events))
-
-    async def close(self) -> None:
-        """End the watch (cancels the stream); safe to call more than once."""
-        self._call.cancel()
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await asyncio.wait({pending}, timeout=1.0)
-            if pending.done():
-                if not pending.cancelled():
-                    pending.exception()  # retrieved: the stream's end is expected here
-            else:
-                pending.cancel()
-
-    async def _wait_created(self) -> None:
-        """Wait for etcd to confirm the watch; RPC errors are left raw for the client's endpoint failover."""
-        while self.watch_id is None:
-            response = await self._read(None)
-            if response is None:  # pragma: no cover - no timeout was given
-                continue
-            if response.created:
-                self._check(response)
-                self.watch_id = int(response.watch_id)
-
-    async def _read(self, timeout_s: float | None) -> Any | None:
-        """The next response, or None when none came within timeout_s."""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._call.read())
-        done, _ = await asyncio.wait({self._pending}, timeout=timeout_s)
-        if not done:
-            return None
-        pending, self._pending = self._pending, None
-        response = pending.result()
-        if response is grpc.aio.EOF:
-            raise EtcdUnavailable([(self._endpoint, "the watch stream was closed")])
-        return response
-
-    async def _send(self, request: Any) -> None:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._call.write(request)
-        except TimeoutError:
-            reason = f"the watch stream took no request within {format_duration(self._timeout_s)}"
-            raise EtcdUnavailable([(self._endpoint, reason)]) from None
-        except grpc.aio.AioRpcError as exc:
-            raise _rpc_failure(exc, self._endpoint) from exc
-        except asyncio.InvalidStateError:
-            pass  # the stream has ended: the next read says why
-
-    @staticmethod
-    def _check(response: Any) -> None:
-        if response.compact_revision:
-            raise WatchCompacted(int(response.compact_revision))
-        if response.canceled:
-            raise EtcdError(f"etcd cancelled the watch: {response.cancel_reason or 'no reason given'}")
-
-
-def _event(event: Any) -> WatchEvent:
-    return WatchEvent(deleted=event.type == rpc.Event.DELETE, kv=KeyValue.from_aetcd(event.kv))
 
 
 def _is_connected(client: Any) -> bool:
@@ -619,21 +450,20 @@ class EtcdClient:
         are then delivered in order by `Watch.next`, which also uses timeout_s for its liveness checks.
         A start revision newer than etcd's current one is legal: the watch waits for it.
         """
+        # msgscript.etcd_watch builds its events from this module's KeyValue: imported here, not at the top.
+        from msgscript.etcd_watch import Watch
+
         start = _as_bytes(key)
         end = b""
         if prefix:
             start, end = prefix_range(start)
-        request = rpc.WatchRequest(
-            create_request=rpc.WatchCreateRequest(key=start, range_end=end, start_revision=start_revision)
-        )
 
         async def open_watch(client: Any) -> Watch:
             await client.connect()
             call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
             watch = Watch(call, self._name_of(client), idle_s=idle_s, timeout_s=timeout_s)
             try:
-                await call.write(request)
-                await watch._wait_created()
+                await watch.start(start, end, start_revision)
             except BaseException:
                 await watch.close()
                 raise
@@ -698,20 +528,22 @@ class EtcdClient:
         for step in range(len(endpoints)):
             index = (self._current + step) % len(endpoints)
             name = str(endpoints[index])
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
                 failures.append((name, f"no answer within {format_duration(timeout_s)}"))
                 break
             client = self._client(index)
             # An endpoint that is not connected yet may not use up the time the next one could answer in.
-            connecting = step < len(endpoints) - 1 and not _is_connected(client) and self._connect_timeout_s < remaining
-            limit = self._connect_timeout_s if connecting else remaining
-            waited = self._connect_timeout_s if connecting else timeout_s
+            connecting = (
+                step < len(endpoints) - 1 and not _is_connected(client) and self._connect_timeout_s < remaining_s
+            )
+            limit_s = self._connect_timeout_s if connecting else remaining_s
+            waited_s = self._connect_timeout_s if connecting else timeout_s
             try:
-                async with asyncio.timeout(limit):
+                async with asyncio.timeout(limit_s):
                     result = await _with_fresh_token(client, operation)
             except (TimeoutError, aetcd.ConnectionTimeoutError):
-                failures.append((name, f"no answer within {format_duration(waited)}"))
+                failures.append((name, f"no answer within {format_duration(waited_s)}"))
                 continue
             except aetcd.ConnectionFailedError as exc:
                 failures.append((name, str(exc) or "connection failed"))
@@ -721,7 +553,7 @@ class EtcdClient:
                 continue
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    failures.append((name, f"no answer within {format_duration(waited)}"))
+                    failures.append((name, f"no answer within {format_duration(waited_s)}"))
                     continue
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     failures.append((name, exc.details() or "connection failed"))

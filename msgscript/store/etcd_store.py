@@ -31,10 +31,11 @@ from dataclasses import replace
 from types import TracebackType
 from typing import TypeVar
 
-from msgscript.errors import ConfigError, LibraryNotFound, ScriptParseError, StoreError
-from msgscript.etcd import EtcdClient, EtcdError, Watch, WatchBatch, WatchCompacted
+from msgscript.errors import ConfigError, EtcdError, LibraryNotFound, ScriptParseError, StoreError
+from msgscript.etcd_client import EtcdClient
+from msgscript.etcd_watch import Watch, WatchBatch, WatchCompacted
 from msgscript.script import Script
-from msgscript.store.memory import MemoryStore
+from msgscript.store.memory_store import MemoryStore
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ def _split_script_key(key: str) -> tuple[str, str] | None:
 class EtcdStore:
     """Scripts and libraries from etcd, held in memory and followed by a watch; open with `async with`.
 
-    Reads (`scripts_for`, `script`, `subjects`, `load_libraries`) answer from memory. Writes go to etcd
-    and return once the watch has brought them into memory (or after VISIBLE_TIMEOUT_S); they raise
+    Reads (`scripts_for`, `script`, `subjects`, `load_libraries`, the listings) answer from memory. Writes go
+    to etcd and return once the watch has brought them into memory (or after VISIBLE_TIMEOUT_S); they raise
     StoreError when etcd cannot be reached or refuses.
     """
 
@@ -156,8 +157,18 @@ class EtcdStore:
         except LibraryNotFound as exc:
             raise LibraryNotFound(exc.name, missing_library_text(exc.name)) from None
 
-    async def put_script(self, script: Script) -> None:
-        """Write the script under `msgscript/scripts/<subject>/<name>`.
+    async def script_names(self) -> list[tuple[str, str]]:
+        """The (subject, name) of every script key, sorted: a key whose value is not a valid Script is listed
+        too (it is not served, but can be removed)."""
+        found = (_split_script_key(key) for key in self._values if key.startswith(SCRIPTS_PREFIX))
+        return sorted(place for place in found if place is not None)
+
+    async def library_names(self) -> list[str]:
+        """The name of every library key, sorted."""
+        return sorted(key.removeprefix(LIBRARIES_PREFIX) for key in self._values if key.startswith(LIBRARIES_PREFIX))
+
+    async def put_script(self, script: Script, *, text: str | None = None) -> None:
+        """Write the script under `msgscript/scripts/<subject>/<name>` (`text` is not kept: etcd holds the JSON).
 
         Raises:
             StoreError: the subject or name cannot form a key, or etcd failed.
@@ -173,22 +184,36 @@ class EtcdStore:
         )
         await self._visible(revision)
 
-    async def delete_script(self, subject: str, name: str) -> None:
-        """Delete exactly `msgscript/scripts/<subject>/<name>`; no error when it does not exist."""
+    async def delete_script(self, subject: str, name: str) -> bool:
+        """Delete exactly `msgscript/scripts/<subject>/<name>`; False (no error) when it does not exist.
+
+        Raises:
+            StoreError: etcd failed.
+        """
         revision = await self._write(lambda: self._etcd.delete(script_key(subject, name), timeout_s=REQUEST_TIMEOUT_S))
         await self._visible(revision)
+        return revision is not None
 
-    async def put_library(self, name: str, source: str) -> None:
-        """Write a library's text under `msgscript/libs/<name>`."""
+    async def put_library(self, name: str, source: str, *, text: str | None = None) -> None:
+        """Write a library's source under `msgscript/libs/<name>` (`text` is not kept).
+
+        Raises:
+            StoreError: the name is empty, or etcd failed.
+        """
         if not name:
             raise StoreError("a library needs a name")
         revision = await self._write(lambda: self._etcd.put(library_key(name), source, timeout_s=REQUEST_TIMEOUT_S))
         await self._visible(revision)
 
-    async def delete_library(self, name: str) -> None:
-        """Delete `msgscript/libs/<name>`; no error when it does not exist."""
+    async def delete_library(self, name: str) -> bool:
+        """Delete `msgscript/libs/<name>`; False (no error) when it does not exist.
+
+        Raises:
+            StoreError: etcd failed.
+        """
         revision = await self._write(lambda: self._etcd.delete(library_key(name), timeout_s=REQUEST_TIMEOUT_S))
         await self._visible(revision)
+        return revision is not None
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) once per etcd change that alters the set of scripts."""

@@ -1,4 +1,4 @@
-"""End to end over a real nats-server: requests in, Reply documents out."""
+"""The NATS side of the daemon (msgscript.nats_subscriber) over a real nats-server: requests in, Reply documents out."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from msgscript.dispatch import Dispatcher
-from msgscript.etcd import EtcdClient
+from msgscript.etcd_client import EtcdClient
 from msgscript.message import Message, Reply
 from msgscript.script import parse_script
 from tests.conftest import DaemonFactory

@@ -1,4 +1,8 @@
-"""The contract between the Lua executor and the modules scripts `require` (built-ins and plugins)."""
+"""The contract between the Lua executor and the modules scripts `require` (built-ins and plugins).
+
+Plugins import these names from `msgscript.lua.api`, which also offers the helpers they may use; the
+package's own modules import them from here.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,10 @@ import contextvars
 import time
 from collections.abc import Callable, Coroutine, Mapping, MutableSet
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from msgscript.services import Services
 
 T = TypeVar("T")
 
@@ -28,8 +35,9 @@ class ModuleContext:
     directory is never used or changed."""
     chdir: Callable[[str], None]
     """Moves the execution's current directory (lfs.chdir); raises OSError if the path is not a directory."""
-    services: Mapping[str, Any]
-    """Shared clients opened by the daemon (e.g. "etcd"), looked up by name."""
+    services: Services | None
+    """The clients the daemon shares between executions (`services.http`, `services.etcd`); None when the
+    executor was built without them."""
     to_lua: Callable[[object], object]
     """Converts a Python value for Lua: str → string, dict/list → table, a callable → a Lua function.
 
@@ -88,6 +96,11 @@ class LuaModule(Protocol):
     """
 
     name: str
+    """What scripts pass to `require`."""
+    inline_safe: bool
+    """True for a module that only computes (no blocking, no `ctx.call`, no files, sockets or processes):
+    short scripts that use only such modules may run on the event loop. A module loaded without the
+    attribute counts as False."""
 
     def load(self, lua: Any, ctx: ModuleContext) -> object: ...
 

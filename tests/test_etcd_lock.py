@@ -13,9 +13,10 @@ from pathlib import Path
 import nats
 import pytest
 
-from msgscript.cluster import EtcdLock, NoLock, lock_key
 from msgscript.errors import LockError
-from msgscript.etcd import EtcdClient, KeyValue
+from msgscript.etcd_client import EtcdClient, KeyValue
+from msgscript.etcd_lock import EtcdLock
+from msgscript.locks import NoLock, lock_key
 from msgscript.message import Reply
 from msgscript.script import parse_script
 from tests.conftest import DaemonFactory
@@ -116,7 +117,7 @@ async def test_a_released_lock_is_released_on_errors_too(etcd: EtcdClient) -> No
 async def test_revoking_the_holders_lease_lets_the_waiter_in(
     etcd: EtcdClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="msgscript.cluster")
+    caplog.set_level(logging.WARNING, logger="msgscript.etcd_lock")
     lock = EtcdLock(etcd)
     async with lock.hold("job_lock", T) as first:
         assert first
@@ -138,8 +139,8 @@ async def _acquire_and_leave(lock: EtcdLock, key: str, timeout_s: float) -> bool
 HOLDER = textwrap.dedent(
     """
     import asyncio, sys
-    from msgscript.cluster import EtcdLock
-    from msgscript.etcd import EtcdClient
+    from msgscript.etcd_lock import EtcdLock
+    from msgscript.etcd_client import EtcdClient
 
     async def main() -> None:
         async with EtcdClient([sys.argv[1]]) as etcd:

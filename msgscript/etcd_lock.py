@@ -1,8 +1,4 @@
-"""Mutual exclusion of scripts across instances (`--* lock: true`).
-
-The dispatcher wraps each run of a script with `lock: true` in `Lock.hold(lock_key(name), timeout)`.
-The daemon uses EtcdLock with the etcd backend and NoLock with the file backend.
-"""
+"""The cluster-wide Lock on etcd (msgscript.locks has the protocol), used with the etcd backend."""
 
 from __future__ import annotations
 
@@ -10,11 +6,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
-from typing import Protocol
 
-from msgscript.errors import LockError
-from msgscript.etcd import EtcdClient, EtcdError
+from msgscript.errors import EtcdError, LockError
+from msgscript.etcd_client import EtcdClient
 
 log = logging.getLogger(__name__)
 
@@ -22,28 +16,6 @@ LOCK_TTL_S = 3
 """The TTL of a lock's lease (Go's session TTL): how long a dead holder keeps others waiting at most."""
 _REQUEST_TIMEOUT_S = 5.0
 _RELEASE_TIMEOUT_S = 2.0
-
-
-class Lock(Protocol):
-    """A named cluster-wide mutex."""
-
-    def hold(self, key: str, timeout_s: float) -> AbstractAsyncContextManager[bool]:
-        """Hold `key` for the duration of the context; yields False when it could not be had in time."""
-        ...
-
-
-class NoLock:
-    """The single-node lock: always granted at once."""
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str, timeout_s: float) -> AsyncIterator[bool]:
-        """Grant the lock."""
-        yield True
-
-
-def lock_key(script_name: str) -> str:
-    """The upstream lock prefix for a script: `<name>_lock` at the root of the etcd keyspace."""
-    return f"{script_name}_lock"
 
 
 class EtcdLock:

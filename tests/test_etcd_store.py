@@ -14,12 +14,13 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from msgscript.compose import open_store
 from msgscript.config import Settings
-from msgscript.errors import ConfigError, LibraryNotFound, StoreError
-from msgscript.etcd import EtcdClient, EtcdUnavailable
+from msgscript.errors import ConfigError, EtcdUnavailable, LibraryNotFound, StoreError
+from msgscript.etcd_client import EtcdClient
 from msgscript.message import Reply
 from msgscript.script import Script, parse_script
-from msgscript.store import EtcdStore, open_store
+from msgscript.store.etcd_store import EtcdStore
 from tests.conftest import DaemonFactory
 from tests.processes import command_env, daemon_running, run_msgscript
 from tests.servers import EtcdServer, NatsServer, free_port, run_etcd
@@ -127,7 +128,7 @@ async def test_missing_library_has_the_go_text(etcd_server: EtcdServer) -> None:
 async def test_undecodable_values_are_logged_and_skipped(
     etcd: EtcdClient, etcd_server: EtcdServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="msgscript.store.etcd")
+    caplog.set_level(logging.ERROR, logger="msgscript.store.etcd_store")
     await etcd.put(script_key(HELLO), script_value(HELLO), timeout_s=T)
     await etcd.put("msgscript/scripts/funcs.bad/bad", "not json", timeout_s=T)
     await etcd.put("msgscript/scripts/funcs.noname", script_value(HELLO), timeout_s=T)
@@ -208,6 +209,24 @@ async def test_writes_use_the_upstream_layout_and_are_visible_at_once(
         # Deleting what is not there is no error.
         await store.delete_script("funcs.greet", "greet")
         await store.delete_library("greeting")
+
+
+async def test_listings_name_every_key_and_a_broken_one_can_be_removed(
+    etcd: EtcdClient, etcd_server: EtcdServer
+) -> None:
+    await etcd.put(script_key(HELLO), script_value(HELLO), timeout_s=T)
+    await etcd.put("msgscript/scripts/funcs.bad/bad", "not json", timeout_s=T)
+    await etcd.put("msgscript/scripts/funcs.noname", script_value(HELLO), timeout_s=T)
+    await etcd.put("msgscript/libs/handmade", "X = 1", timeout_s=T)
+    async with open_store(etcd_settings(etcd_server.url)) as store:
+        # Listed as the Go CLI lists keys, though never served: so that `msgscriptcli rm` can remove it.
+        assert await store.script_names() == [("funcs.bad", "bad"), ("funcs.hello", "hello")]
+        assert await store.script("funcs.bad", "bad") is None
+        assert await store.library_names() == ["handmade"]
+        assert await store.delete_script("funcs.bad", "bad") is True
+        assert await etcd.get("msgscript/scripts/funcs.bad/bad", timeout_s=T) is None
+        assert await store.script_names() == [("funcs.hello", "hello")]
+        assert await store.delete_script("funcs.bad", "bad") is False
 
 
 async def test_put_script_refuses_keys_it_cannot_form(etcd_server: EtcdServer) -> None:
@@ -301,7 +320,7 @@ async def cable(etcd_server: EtcdServer) -> AsyncIterator[Cable]:
 async def test_resumes_after_a_cut_and_replays_what_it_missed(
     etcd: EtcdClient, cable: Cable, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="msgscript.store.etcd")
+    caplog.set_level(logging.INFO, logger="msgscript.store.etcd_store")
     await etcd.put(script_key(HELLO), script_value(HELLO), timeout_s=T)
     await etcd.put(script_key(STAR), script_value(STAR), timeout_s=T)
     async with open_store(etcd_settings(cable.endpoint)) as store:
@@ -328,7 +347,7 @@ async def _subjects_are(store: EtcdStore, subjects: list[str]) -> bool:
 async def test_reads_everything_again_when_the_history_was_compacted(
     etcd: EtcdClient, etcd_server: EtcdServer, cable: Cable, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="msgscript.store.etcd")
+    caplog.set_level(logging.INFO, logger="msgscript.store.etcd_store")
     await etcd.put(script_key(HELLO), script_value(HELLO), timeout_s=T)
     async with open_store(etcd_settings(cable.endpoint)) as store:
         await cable.unplug()

@@ -1,4 +1,5 @@
-"""Plugins: loading them from a directory and from entry points, their errors, and the module contract."""
+"""Plugins (msgscript.lua.plugin_loader): loading them from a directory and from entry points, their errors, and the
+module contract."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 
 from msgscript.errors import ConfigError
 from msgscript.executors.lua import LuaExecutor
+from msgscript.lua import api
 from msgscript.lua.modules import builtin_modules
-from msgscript.plugins import load_plugins
+from msgscript.lua.plugin_loader import load_plugins
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message
 from tests.processes import run_msgscript
 from tests.servers import free_port, run_nats_server
@@ -49,6 +51,54 @@ GREET_PLUGIN = """
 def test_bundled_plugins_offer_every_documented_module() -> None:
     modules = load_plugins(PLUGIN_DIR, {}, builtin_modules())
     assert set(modules) == BUNDLED_MODULES
+
+
+def test_bundled_modules_declare_whether_they_are_inline_safe() -> None:
+    modules = {**builtin_modules(), **load_plugins(PLUGIN_DIR, {}, builtin_modules())}
+    undeclared = {name for name, mod in modules.items() if not isinstance(getattr(mod, "inline_safe", None), bool)}
+    assert undeclared == set()
+
+
+def test_the_public_api_names() -> None:
+    assert sorted(api.__all__) == [
+        "HandleLimit",
+        "LoopCharges",
+        "LuaArgumentError",
+        "LuaModule",
+        "ModuleContext",
+        "NO_VALUE",
+        "PluginModules",
+        "Services",
+        "argument",
+        "as_text",
+        "check_bool",
+        "check_number",
+        "check_present",
+        "check_self",
+        "check_string",
+        "check_table",
+        "check_text",
+        "error_text",
+        "go_float_text",
+        "is_number",
+        "is_table",
+        "json_decode_bytes",
+        "json_module",
+        "lua_chunk",
+        "lua_number_text",
+        "lua_type_name",
+        "opt_bool",
+        "opt_number",
+        "opt_string",
+        "parse_number",
+        "raw_getter",
+        "raw_text",
+        "to_integer",
+        "to_number",
+        "to_string",
+        "to_text",
+    ]
+    assert all(hasattr(api, name) for name in api.__all__)
 
 
 async def test_plugins_from_a_directory(tmp_path: Path) -> None:
@@ -159,7 +209,7 @@ class Recorder:
         self.closed: list[str] = []
 
     def load(self, lua: object, ctx: object) -> object:
-        from msgscript.lua.module import ModuleContext, lua_chunk
+        from msgscript.lua.api import ModuleContext, lua_chunk
 
         assert isinstance(ctx, ModuleContext)
         ctx.on_close(lambda: self.closed.append("first"))

@@ -1,12 +1,11 @@
-"""The NATS side of the daemon: the connection and the per-subject subscriber."""
+"""The NATS subscriber: one subscription per subject with core scripts, plus the internal subjects."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
@@ -17,10 +16,8 @@ from msgscript import tracing
 from msgscript.catalog import INTERNAL_SUBJECTS, Catalog
 from msgscript.config import NATS_CONNECT_TIMEOUT_S, Settings
 from msgscript.dispatch import Dispatcher
-from msgscript.errors import ConfigError
 from msgscript.inflight import InFlightLimit
 from msgscript.message import Message, Reply, decode_message
-from msgscript.nats_connect import connect_client, nats_connect_options
 from msgscript.store.base import Resync
 from msgscript.subjects import has_wildcards, is_valid_pattern, is_valid_subject, matches
 
@@ -32,53 +29,6 @@ log = logging.getLogger(__name__)
 _ASYNC_ACK = b"{}"
 RESYNC_RETRY_S = 1.0
 """How long to wait before updating the subscriptions again after a failure (NATS away, say)."""
-
-
-@contextlib.asynccontextmanager
-async def connect_nats(settings: Settings) -> AsyncIterator[Client]:
-    """Connect to `settings.nats_url` with automatic reconnection; drain on exit.
-
-    The embedded server (no URL given) is the supervisor's to start; it hands the worker its URL.
-    """
-    closing = False
-
-    async def on_error(exc: Exception) -> None:
-        log.error("NATS error: %s", exc)
-
-    async def on_disconnected() -> None:
-        if not closing:
-            log.warning("disconnected from NATS, reconnecting")
-
-    async def on_reconnected() -> None:
-        log.info("reconnected to NATS")
-
-    # Credentials and TLS files are read (and checked) before anything starts.
-    security = await asyncio.to_thread(nats_connect_options, settings)
-    url = settings.nats_url
-    if not url:
-        raise ConfigError("no NATS URL given")
-    # Reconnecting is for later outages: the first connection gets one bounded try.
-    nc = await connect_client(
-        url,
-        name="msgscript",
-        connect_timeout=NATS_CONNECT_TIMEOUT_S,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        allow_reconnect=True,
-        error_cb=on_error,
-        disconnected_cb=on_disconnected,
-        reconnected_cb=on_reconnected,
-        **security,
-    )
-    try:
-        yield nc
-    finally:
-        closing = True
-        try:
-            await asyncio.wait_for(nc.drain(), settings.grace_period_s)
-        except Exception as exc:
-            log.warning("NATS drain did not finish: %s", exc)
-            await nc.close()
 
 
 def confine_subject(message: Message, arrival: str, subscription: str) -> Message:
@@ -140,7 +90,7 @@ class NatsSubscriber:
                 subject, queue=self._queue, cb=self._internal_handler(subject)
             )
         await self.sync()
-        self._dispatcher.store.add_listener(self._resync.schedule)
+        self._catalog.add_listener(self._resync.schedule)
         log.info("Starting message watch...")
         return self
 
@@ -184,12 +134,11 @@ class NatsSubscriber:
         """Subscribe subjects the store gained and unsubscribe the ones it lost."""
         async with self._sync_lock:
             wanted: set[str] = set()
-            store = self._dispatcher.store
-            for subject in await store.subjects():
-                if not is_valid_pattern(subject):
-                    log.warning("not subscribing invalid subject %r", subject)
-                elif not all(s.durable for s in await store.scripts_for(subject) if s.subject == subject):
-                    wanted.add(subject)  # durable scripts run from their stream (msgscript.jetstream) only
+            for script in await self._catalog.scripts():
+                if not is_valid_pattern(script.subject):
+                    log.warning("not subscribing invalid subject %r", script.subject)
+                elif not script.durable:  # durable scripts run from their stream (msgscript.jetstream) only
+                    wanted.add(script.subject)
             current = set(self._subs) - set(INTERNAL_SUBJECTS)
             for subject in sorted(current - wanted):
                 self._release(subject, self._subs.pop(subject))
