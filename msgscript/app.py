@@ -21,6 +21,7 @@ from msgscript.jetstream import DurableConsumers
 from msgscript.metrics import Metrics
 from msgscript.nats_connect import connect_nats
 from msgscript.nats_subscriber import NatsSubscriber
+from msgscript.schedules import Schedules
 from msgscript.supervisor import WorkerLink
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ async def running(
         )
         durable = await stack.enter_async_context(
             DurableConsumers(nc, dispatcher, catalog, settings, in_flight=in_flight, metrics=metrics)
+        )
+        # `--* cron:` scripts; their ticks go through the durable consumers' stream.
+        await stack.enter_async_context(
+            Schedules(nc, dispatcher, catalog, durable, settings, in_flight=in_flight, metrics=metrics)
         )
 
         def readiness() -> str:

@@ -22,6 +22,7 @@ from msgscript.executors.wasm import open_wasm_executor
 from msgscript.locks import Lock, NoLock
 from msgscript.lua.modules import builtin_modules
 from msgscript.lua.plugin_loader import load_plugins
+from msgscript.lua.syntax import LuaSyntaxCheck
 from msgscript.services import open_services
 from msgscript.store.base import Store
 from msgscript.store.etcd_store import EtcdStore
@@ -38,6 +39,8 @@ async def open_store(settings: Settings, etcd: EtcdClient | None = None) -> Asyn
     `etcd` is the client the etcd backend uses (the daemon shares its own); without one, a client on
     `settings.etcd_endpoints` (with the settings' TLS and user) is opened here and closed on exit.
 
+    The file backend follows its directories while open, unless `settings.watch` is off (FileStore.watching).
+
     Raises:
         ConfigError: unknown backend, no script directory for the file backend, or the store cannot be loaded
             (a directory or file unreadable; for etcd: not read within 5 s, the text naming the endpoint and
@@ -48,7 +51,12 @@ async def open_store(settings: Settings, etcd: EtcdClient | None = None) -> Asyn
             raise ConfigError("script directory cannot be empty")
         store = FileStore(settings.script_dir, settings.library_dir)
         await store.load()
-        yield store
+        if not settings.watch:
+            yield store
+            return
+        # Lua code is compiled (never run) to refuse a broken edit: the store does not import Lua itself.
+        async with store.watching(check=LuaSyntaxCheck()):
+            yield store
         return
     if settings.backend == "etcd":
         async with contextlib.AsyncExitStack() as stack:

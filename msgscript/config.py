@@ -55,6 +55,8 @@ NO_FILE = ""
 """The value of a file setting (credentials, CA, certificate, key) that is not given."""
 NO_CREDENTIAL = ""
 """The value of a user, password or token setting that is not given."""
+PRODUCTION_VARIABLE = "MSGSCRIPT_PRODUCTION"
+"""Set to 1 in the daemon's environment under `-production`: libraries/web.lua then hides error texts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,10 @@ class Settings:
     http_body_timeout_s: float = DEFAULT_HTTP_BODY_TIMEOUT_S
     # Prometheus metrics recorded and served on /metrics (behind http_token when it is set).
     metrics: bool = True
+    # The file backend follows its directories (inotify) and serves changed scripts without a restart.
+    watch: bool = True
+    # `-production`: the command exports PRODUCTION_VARIABLE=1 to the scripts' environment (os.getenv).
+    production: bool = False
     # Connecting to a secured NATS (see docs/security.md): at most one way to authenticate, and TLS when
     # the URL is tls:// or any TLS file is given. Secrets stay out of repr().
     nats_creds_file: str = NO_FILE

@@ -31,6 +31,7 @@ exception for the `except` clauses around it, it inherits from both.
     ├── LuaMemoryError                lua.execution, also a MemoryError
     ├── RequestError                  lua.modules.http
     ├── _EncodeError                  lua.modules.json
+    ├── NoNatsInTests                 testbed
     └── CommandFailed                 cli.options, also a click.ClickException
 """
 

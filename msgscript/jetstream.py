@@ -176,6 +176,11 @@ class DurableConsumers:
         headers = tracing.headers({MSG_ID_HEADER: msg_id} if msg_id else None)
         return await self._js.publish(subject, payload, headers=headers, timeout=SETTLE_TIMEOUT_S)
 
+    async def capture(self, subjects: Sequence[str]) -> None:
+        """Make sure the daemon's stream exists and captures `subjects` too (the schedules' ticks)."""
+        async with self._sync_lock:
+            await self._capture(subjects)
+
     async def _durable_scripts(self) -> dict[str, Script]:
         return {consumer_name(script): script for script in await self._catalog.scripts() if script.durable}
 

@@ -22,7 +22,10 @@ from msgscript.script import Script
 Outcome = Literal["ok", "error", "timeout", "cancelled"]
 """How one script run ended: a result without error, one with an error, past its deadline (or its lock's), or
 cancelled because nobody waited for its result any more."""
-Source = Literal["nats", "http", "jetstream"]
+Source = Literal["nats", "http", "jetstream", "cron"]
+TickOutcome = Literal["run", "elsewhere", "missed"]
+"""What became of one tick of a `--* cron:` script in this daemon: it ran here, another daemon's copy of it
+was stored first (so it ran there), or it could not be run (too late, or the stream did not answer)."""
 
 DURATION_BUCKETS_S = (
     *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
@@ -75,7 +78,8 @@ class Metrics:
         self._in_flight_limit = in_flight_limit
         self._scripts_loaded = scripts_loaded
         self._nats_reconnects = nats_reconnects
-        self._messages: dict[Source, int] = {"nats": 0, "http": 0, "jetstream": 0}
+        self._messages: dict[Source, int] = {"nats": 0, "http": 0, "jetstream": 0, "cron": 0}
+        self._ticks: dict[tuple[str, str, TickOutcome], int] = {}
         self._runs: dict[tuple[str, str, str, Outcome], int] = {}
         self._durations: dict[str, _Histogram] = {}
         self._lock_wait = _Histogram(LOCK_WAIT_BUCKETS_S)
@@ -86,8 +90,14 @@ class Metrics:
         self.registry.register(self)
 
     def count_message(self, source: Source) -> None:
-        """One message arrived over NATS, or one gateway request, for a subject with scripts."""
+        """One message arrived over NATS, one gateway request for a subject with scripts, or one durable delivery
+        or scheduled tick to run."""
         self._messages[source] += 1
+
+    def count_tick(self, script: Script, outcome: TickOutcome) -> None:
+        """One tick of a scheduled script came due in this daemon."""
+        key = (script.subject, script.name, outcome)
+        self._ticks[key] = self._ticks.get(key, 0) + 1
 
     def observe_run(self, script: Script, outcome: Outcome, duration_s: float) -> None:
         """One script run ended after `duration_s`."""
@@ -128,13 +138,22 @@ class Metrics:
         yield duration
         messages = CounterMetricFamily(
             "msgscript_messages",
-            "Messages arrived for script subjects over NATS, gateway requests for subjects with scripts, and "
-            "deliveries to durable scripts from JetStream.",
+            "Messages arrived for script subjects over NATS, gateway requests for subjects with scripts, "
+            "deliveries to durable scripts from JetStream, and ticks of scheduled scripts run by this daemon.",
             labels=("source",),
         )
         for source, count in list(self._messages.items()):
             messages.add_metric((source,), count)
         yield messages
+        ticks = CounterMetricFamily(
+            "msgscript_cron_ticks",
+            "Ticks of `--* cron:` scripts that came due in this daemon, by how they went: run here, run by another "
+            "daemon (elsewhere), or missed (too late, or the stream did not answer).",
+            labels=("subject", "name", "outcome"),
+        )
+        for tick_key, count in list(self._ticks.items()):
+            ticks.add_metric(tick_key, count)
+        yield ticks
         yield HistogramMetricFamily(
             "msgscript_lock_wait_seconds",
             "Time `lock: true` scripts waited for the cluster lock, whether they got it or not.",

@@ -6,6 +6,7 @@ import base64
 from dataclasses import dataclass, replace
 
 from msgscript import _gojson
+from msgscript.cron import CronSchedule, parse_cron
 from msgscript.durations import parse_duration
 from msgscript.errors import ScriptParseError
 
@@ -14,7 +15,7 @@ HEADER_PREFIX = "--*"
 _UPSTREAM_KEYS = frozenset({"subject", "name", "require", "html", "http", "executor"})
 # Our own headers stay in the content, so they survive a round trip through the
 # upstream Script JSON (which has no field for them) and read as comments to Go.
-_EXTENSION_KEYS = frozenset({"timeout", "lock", "durable", "stream", "retries", "backoff"})
+_EXTENSION_KEYS = frozenset({"timeout", "lock", "durable", "stream", "retries", "backoff", "cron"})
 
 DEFAULT_RETRIES = 5
 """Deliveries of a durable message after the first, when the script says nothing (`--* retries: N`)."""
@@ -48,6 +49,8 @@ class Script:
     """The user's stream a durable script consumes from; empty: the daemon's own (`-stream`)."""
     retries: int = DEFAULT_RETRIES
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
+    cron: CronSchedule | None = None
+    """When the script also runs on its own (`--* cron:`), with `OnMessage(<subject>, "")`: msgscript.schedules."""
 
     @property
     def executor(self) -> str:
@@ -159,9 +162,28 @@ def _with_extensions(script: Script, ext: dict[str, str]) -> Script:
             raise ScriptParseError(f"invalid backoff header {raw!r}: {exc}") from exc
         if any(delay < 0 for delay in backoff_s):
             raise ScriptParseError(f"invalid backoff header {raw!r}: delays cannot be negative")
+    cron = _cron(ext["cron"].strip(), html=script.html) if "cron" in ext else None
     return replace(
-        script, timeout_s=timeout_s, lock=lock, durable=durable, stream=stream, retries=retries, backoff_s=backoff_s
+        script,
+        timeout_s=timeout_s,
+        lock=lock,
+        durable=durable,
+        stream=stream,
+        retries=retries,
+        backoff_s=backoff_s,
+        cron=cron,
     )
+
+
+def _cron(raw: str, *, html: bool) -> CronSchedule:
+    try:
+        schedule = parse_cron(raw)
+    except ValueError as exc:
+        raise ScriptParseError(f"invalid cron header {raw!r}: {exc}") from exc
+    if html:
+        # An HTML-mode script answers HTTP methods (`GET(url, body)`); a tick has none to call.
+        raise ScriptParseError(f"invalid cron header {raw!r}: an HTML-mode script cannot run on a schedule")
+    return schedule
 
 
 def _is_stream_name(name: str) -> bool:
@@ -172,7 +194,7 @@ def parse_script(text: str) -> Script:
     """Parse a script file's text.
 
     Raises:
-        ScriptParseError: when one of our own headers (`timeout`) has an unusable value.
+        ScriptParseError: when one of our own headers (`timeout`, `cron`, …) has an unusable value.
     """
     subject = name = executor = ""
     html = False

@@ -203,5 +203,5 @@ async def test_webapp_over_http(examples_daemon: str) -> None:
         async with client.get(app + "/old", allow_redirects=False) as resp:
             assert (resp.status, resp.headers["Location"]) == (302, "/http.webapp/")
         async with client.get(app + "/no/such/page") as resp:
-            assert resp.status == 404
-            assert await resp.text() == "URL /no/such/page doesn't exist"
+            assert (resp.status, resp.headers["Content-Type"]) == (404, "application/json")
+            assert await resp.text() == '{"error":"not found"}'

@@ -304,6 +304,20 @@ def test_empty_queue_group_is_a_value(render: Render) -> None:
     assert params["max_memory_bytes"] == 1048576
 
 
+def test_watch_and_production_become_daemon_flags(render: Render) -> None:
+    defaults = accepted_by_daemon(flags(render("{ enable = true; }")))
+    assert (defaults["watch"], defaults["production"]) == (True, False)
+
+    args = flags(render("{ enable = true; watch = false; production = true; }"))
+    assert "-watch=false" in args and "-production" in args
+    params = accepted_by_daemon(args)
+    assert (params["watch"], params["production"]) == (False, True)
+
+    # Only the file backend has directories to follow.
+    args = flags(render('{ enable = true; backend = "etcd"; watch = false; }'))
+    assert not any(arg.startswith("-watch") for arg in args)
+
+
 def test_values_are_quoted_for_systemd(render: Render) -> None:
     rendered = render('{ enable = true; extraArgs = [ "-http-token" "env:TOKEN $HOME 100%" ]; }')
     line = rendered["service"]["serviceConfig"]["ExecStart"]
@@ -379,6 +393,8 @@ def test_data_dir_outside_var_lib(render: Render) -> None:
         ('plugins = [ "/tmp/plugins" ]', "services.msgscript.plugins' is not of type `list of package'"),
         ('bundledPlugins = [ "nope" ]', "services.msgscript.bundledPlugins' is not of type"),
         ('enableTelemetry = "yes"', "services.msgscript.enableTelemetry' is not of type `boolean'"),
+        ('watch = "no"', "services.msgscript.watch' is not of type `boolean'"),
+        ("production = 1", "services.msgscript.production' is not of type `boolean'"),
         ('natsURL = "nats://x"', "The option `services.msgscript.natsURL' does not exist"),
     ],
 )

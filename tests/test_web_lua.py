@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import nats
 import pytest
 
+from msgscript import config
+from msgscript.errors import ScriptTimeout
 from msgscript.executors.base import Executor
 from msgscript.message import Message, Reply, Result
 from tests.conftest import DaemonFactory
 from tests.lua_harness import PLUGIN_DIR, lua_executor, on_message, run_lua
+from tests.processes import command_env, daemon_running, start_daemon
+from tests.servers import NatsServer, free_port
 
 ROOT = Path(__file__).parent.parent
 WEB = (ROOT / "libraries" / "web.lua").read_text()
@@ -108,7 +114,7 @@ async def test_each_verb_reaches_its_routes(executor: Executor, verb: str) -> No
     path = "/submit" if verb == "POST" else "/" + verb.lower()
     assert await shown(executor, verb, path, "a=1") == {"queries": [], "paths": [], "form": {"a": "1"}}
     result = await request(executor, verb, "/")
-    assert (result.http_code, result.payload) == (404, b"URL / doesn't exist")
+    assert (result.http_code, result.payload) == (404, b'{"error":"not found"}')
 
 
 async def test_get_parses_the_query_without_decoding(executor: Executor) -> None:
@@ -118,7 +124,7 @@ async def test_get_parses_the_query_without_decoding(executor: Executor) -> None
 
 async def test_other_verbs_keep_the_query_in_the_path(executor: Executor) -> None:
     result = await request(executor, "POST", "/submit?a=1")
-    assert (result.http_code, result.payload) == (404, b"URL /submit?a=1 doesn't exist")
+    assert (result.http_code, result.payload) == (404, b'{"error":"not found"}')
 
 
 async def test_the_body_is_parsed_as_a_form(executor: Executor) -> None:
@@ -148,8 +154,8 @@ async def test_unmatched_paths_are_404(executor: Executor, url: str) -> None:
     # Too short for the pattern, unknown, or only a prefix of a route without params.
     result = await request(executor, "GET", url)
     assert result.http_code == 404
-    assert result.payload == f"URL {url} doesn't exist".encode()
-    assert result.http_headers == {}
+    assert result.payload == b'{"error":"not found"}'
+    assert result.http_headers == {"Content-Type": "application/json"}
 
 
 async def test_request_accessors(executor: Executor) -> None:
@@ -252,4 +258,212 @@ app:post("/items", function(req) return nil, nil, nil, { redirect = "/items/" ..
         got = await call("POST", "/items", b"id=3")
         assert (got.http_code, got.http_headers) == (302, {"Location": "/items/3"})
         got = await call("GET", "/nothing")
-        assert (got.http_code, got.payload) == (404, b"URL /nothing doesn't exist")
+        assert (got.http_code, got.payload) == (404, b'{"error":"not found"}')
+
+
+# --- the error convention ------------------------------------------------------------------------
+
+JSON = {"Content-Type": "application/json"}
+
+ERRORS = """
+local app = Router.new()
+app:get("/need", function(req) return nil, "name is required" end)
+app:get("/teapot", function(req) return nil, "no coffee here", 418 end)
+app:get("/text", function(req) return "", "just text" end)
+app:get("/boom", function(req) error("boom") end)
+app:get("/table", function(req) error({ code = 1 }) end)
+app:get("/later", function(req) return "", { f = function() end } end)
+app:get("/loop", function(req) while true do end end)
+"""
+
+
+async def test_a_message_instead_of_data_is_a_400(executor: Executor) -> None:
+    result = await request(executor, "GET", "/need", app=ERRORS)
+    assert (result.http_code, result.payload, result.http_headers) == (400, b'{"error":"name is required"}', JSON)
+    # A code given with the message is kept.
+    result = await request(executor, "GET", "/teapot", app=ERRORS)
+    assert (result.http_code, result.payload) == (418, b'{"error":"no coffee here"}')
+    # With a template ("" is JSON mode) a string is data, as before.
+    result = await request(executor, "GET", "/text", app=ERRORS)
+    assert (result.http_code, result.payload) == (200, b'"just text"')
+
+
+async def test_a_handler_that_raises_is_a_500_with_the_error_text(executor: Executor) -> None:
+    result = await request(executor, "GET", "/boom", app=ERRORS)
+    assert (result.http_code, result.http_headers) == (500, JSON)
+    assert re.fullmatch(r".+:\d+: boom", json.loads(result.payload or b"")["error"])
+    result = await request(executor, "GET", "/table", app=ERRORS)
+    assert (result.http_code, json.loads(result.payload or b"")["error"][:7]) == (500, "table: ")
+    # Failing to build the response is the route's failure too.
+    result = await request(executor, "GET", "/later", app=ERRORS)
+    assert result.http_code == 500
+    assert json.loads(result.payload or b"") == {"error": "failed to encode JSON: cannot encode function to JSON"}
+
+
+async def test_the_deadline_is_not_a_route_error(executor: Executor) -> None:
+    with pytest.raises(ScriptTimeout):
+        await run_lua(executor, WEB + ERRORS, html=True, method="GET", url="/loop", timeout_s=0.5)
+
+
+# --- args ----------------------------------------------------------------------------------------
+
+ARGS = """
+local app = Router.new()
+app:get("/args/<id>", function(req) return "", req:args() end)
+app:post("/args/<id>", function(req) return "", req:args() end)
+app:post("/one", function(req) return "", { name = req:args("name"), missing = req:args("nope") } end)
+app:post("/old", function(req) return "", { form = req.form, body = req.body } end)
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "args"),
+    [
+        # Route parameters win over the query, which wins over the body.
+        (
+            "GET",
+            "/args/7?id=q&x=q&y=q",
+            '{"id": "b", "x": "b", "z": "b"}',
+            {"id": "7", "x": "q", "y": "q", "z": "b"},
+        ),
+        ("GET", "/args/1?a=q", "a=f&b=f", {"id": "1", "a": "q", "b": "f"}),  # a form body
+        (
+            "POST",
+            "/args/2",
+            ' \n {"n": 1.5, "list": [1, "a"], "yes": true}',
+            {"id": "2", "n": 1.5, "list": [1, "a"], "yes": True},
+        ),
+        ("POST", "/args/3", "[1, 2]", {"id": "3"}),  # neither an object nor a form
+        ("POST", "/args/4", "", {"id": "4"}),
+    ],
+)
+async def test_args_merge_route_query_and_body(
+    executor: Executor, method: str, url: str, body: str, args: dict[str, object]
+) -> None:
+    result = await request(executor, method, url, body, app=ARGS)
+    assert (result.http_code, result.http_headers) == (200, JSON)
+    assert json.loads(result.payload or b"") == args
+
+
+async def test_args_by_name(executor: Executor) -> None:
+    result = await request(executor, "POST", "/one", '{"name": "Ada"}', app=ARGS)
+    assert result.payload == b'{"name":"Ada"}'
+
+
+async def test_a_body_that_is_not_json_is_a_400_for_args(executor: Executor) -> None:
+    result = await request(executor, "POST", "/args/5", '{"id": ', app=ARGS)
+    assert (result.http_code, result.http_headers) == (400, JSON)
+    assert json.loads(result.payload or b"")["error"].startswith("invalid JSON body: ")
+    # Handlers that do not ask for args see the body as before.
+    result = await request(executor, "POST", "/old", '{"id": ', app=ARGS)
+    assert json.loads(result.payload or b"") == {"form": [], "body": '{"id": '}
+
+
+# --- pages without the template module ------------------------------------------------------------
+
+
+async def test_a_page_without_mustache_tags_needs_no_template_module() -> None:
+    app = """
+local app = Router.new()
+app:get("/", function(req) return "<p>plain</p>", nil, 200, { header = "<b>h</b>" } end)
+app:get("/tags", function(req) return "<p>{{ x }}</p>", { x = 1 } end)
+"""
+    async with lua_executor(plugins=False) as bare:
+        result = await request(bare, "GET", "/", app=app)
+        assert result.http_code == 200
+        assert "<header><b>h</b></header>\n<p>plain</p>\n" in (result.payload or b"").decode()
+        result = await request(bare, "GET", "/tags", app=app)
+        assert result.http_code == 500
+        assert "template" in json.loads(result.payload or b"")["error"]
+
+
+@pytest.mark.parametrize(
+    ("header", "footer"), [(None, None), ("<nav>a & b</nav>", "<i>{{ not a tag }}</i>"), ("", "x\ny")]
+)
+async def test_the_default_layout_is_filled_as_mustache_fills_it(
+    executor: Executor, header: str | None, footer: str | None
+) -> None:
+    layout = WEB.split("local DEFAULT_LAYOUT = [[", 1)[1].split("]]", 1)[0]
+    values = "{ header = HEADER, footer = FOOTER }".replace("HEADER", lua_string(header))
+    values = values.replace("FOOTER", lua_string(footer))
+    app = f"""
+local app = Router.new()
+local values = {values}
+app:get("/", function(req) return "<p>page</p>", nil, 200, values end)
+function expected()
+    values.body = "<p>page</p>"
+    return require("template").choose("mustache"):render({lua_string(layout)}, values)
+end
+"""
+    page = await request(executor, "GET", "/", app=app)
+    mustache = await run_lua(executor, WEB + app + "\nfunction OnMessage() return expected() end", libraries=())
+    assert page.payload == mustache.payload
+
+
+def lua_string(text: str | None) -> str:
+    """A Lua expression for `text` (nil for None)."""
+    return "nil" if text is None else json.dumps(text)
+
+
+# --- -production ---------------------------------------------------------------------------------
+
+PRODUCTION_APP = """--* subject: web.prod
+--* name: prod
+--* html: true
+--* require: web
+local app = Router.new()
+app:get("/boom", function(req) error("secret detail") end)
+app:get("/need", function(req) return nil, "name is required" end)
+app:get("/env", function(req) return "", { production = os.getenv("MSGSCRIPT_PRODUCTION") } end)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("-production",), {}), ((), {config.PRODUCTION_VARIABLE: "1"})],
+    ids=["flag", "environment"],
+)
+async def test_production_hides_error_texts(
+    tmp_path: Path,
+    nats_server: NatsServer,
+    client: aiohttp.ClientSession,
+    args: tuple[str, ...],
+    env: dict[str, str],
+) -> None:
+    (tmp_path / "prod.lua").write_text(PRODUCTION_APP)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/web.prod"
+    command = ("-natsurl", nats_server.url, "-script", str(tmp_path), "-library", str(ROOT / "libraries"))
+    command += ("-http-host", "127.0.0.1", "-port", str(port), *args)
+    daemon = await start_daemon(*command, env=command_env(**env), stdout=True)
+    try:
+        async with client.get(base + "/boom") as resp:
+            assert (resp.status, await resp.read()) == (500, b'{"error":"internal server error"}')
+            assert resp.headers["Content-Type"] == "application/json"
+        # A caller's mistake is still told.
+        async with client.get(base + "/need") as resp:
+            assert (resp.status, await resp.read()) == (400, b'{"error":"name is required"}')
+        async with client.get(base + "/env") as resp:
+            assert await resp.json() == {"production": "1"}
+    finally:
+        await daemon.stop()
+    # The text goes to the daemon's output instead.
+    assert daemon.stdout is not None
+    assert re.search(r"^web: GET /boom: .+:\d+: secret detail$", await daemon.stdout, re.MULTILINE)
+
+
+async def test_without_production_scripts_see_no_production_variable(
+    tmp_path: Path, nats_server: NatsServer, client: aiohttp.ClientSession
+) -> None:
+    (tmp_path / "prod.lua").write_text(PRODUCTION_APP)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/web.prod"
+    command = ("-natsurl", nats_server.url, "-script", str(tmp_path), "-library", str(ROOT / "libraries"))
+    command += ("-http-host", "127.0.0.1", "-port", str(port))
+    # A false value of the variable means no -production, and is not passed on.
+    async with daemon_running(*command, env=command_env(**{config.PRODUCTION_VARIABLE: "0"})):
+        async with client.get(base + "/env") as resp:
+            assert await resp.json() == []
+        async with client.get(base + "/boom") as resp:
+            assert resp.status == 500
+            assert (await resp.json())["error"].endswith(": secret detail")

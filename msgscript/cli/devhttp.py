@@ -1,4 +1,9 @@
-"""`msgscriptcli devhttp`: serve one script file over HTTP while editing it (re-read on every request)."""
+"""`msgscriptcli devhttp`: serve one script file over HTTP while editing it (re-read on every request).
+
+It does not watch the file as the daemon does (FileStore.watching): reading a small file per request costs
+little, the request that follows a save always sees it, and a broken edit is answered with its error (a Lua
+syntax error with the file and line) instead of an older version.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from aiohttp import web
 from msgscript import config
 from msgscript.cli.dev import dev_settings, read_dev_libraries, with_executor
 from msgscript.cli.options import CommandFailed
-from msgscript.cli.scripts import read_script_file
+from msgscript.cli.scripts import parse_text, read_text
 from msgscript.cli.server import run_async
 from msgscript.compose import open_dispatcher
 from msgscript.config import Settings
@@ -23,6 +28,7 @@ from msgscript.http.body import BodyError, body_error_response, read_body
 from msgscript.http.gateway import first_segment, html_response, request_target, script_url, text_response
 from msgscript.http.protocol import GatewayRunner
 from msgscript.http.server import clean_request_target
+from msgscript.lua.syntax import LuaSyntaxCheck
 from msgscript.message import Message
 from msgscript.script import Script
 from msgscript.store.memory_store import MemoryStore
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEVHTTP_PORT = 7634
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_LUA_SYNTAX = LuaSyntaxCheck()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +55,16 @@ def load_target(target: DevTarget) -> tuple[Script, dict[str, str]]:
     """Read the script file and the libraries from disk, as they are now (runs in a thread).
 
     Raises:
-        CommandFailed: the script or a library cannot be read.
+        CommandFailed: the script or a library cannot be read, or a Lua script does not compile (the text names the
+            file and line).
     """
-    script = with_executor(read_script_file(target.path), target.executor)
+    text = read_text(target.path)
+    script = with_executor(parse_text(target.path, text), target.executor)
+    if script.executor == "lua":
+        failure = _LUA_SYNTAX(text)
+        if failure is not None:
+            line, message = failure
+            raise CommandFailed(f"{target.path}:{line}: {message}")
     if not target.library_dir:
         return script, {}
     try:

@@ -10,7 +10,9 @@ import click
 from msgscript import __version__, config
 from msgscript.cli.dev import dev
 from msgscript.cli.devhttp import devhttp
+from msgscript.cli.init import init
 from msgscript.cli.scripts import register
+from msgscript.cli.testing import script_tests
 from msgscript.logs import configure_logging
 
 
@@ -117,4 +119,6 @@ def main() -> None:
 
 cli.add_command(dev)
 cli.add_command(devhttp)
+cli.add_command(init)
+cli.add_command(script_tests)
 register(cli)

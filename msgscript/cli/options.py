@@ -69,8 +69,30 @@ class SizeType(click.ParamType):  # type: ignore[type-arg]
         return size_bytes
 
 
+class GoBoolType(click.ParamType):  # type: ignore[type-arg]
+    """A boolean flag's value as Go's flag package reads it: `-name` alone is true, `-name=false` (or 0, f, F,
+    FALSE, False) is false, `-name=true` (1, t, T, TRUE, True) is true. Declare the option with `is_flag=False,
+    flag_value=True` so that the value may be left out."""
+
+    name = "boolean"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool:
+        """Parse a Go boolean."""
+        if isinstance(value, bool):
+            return value
+        if value in _GO_TRUE:
+            return True
+        if value in _GO_FALSE:
+            return False
+        self.fail(f"invalid boolean value {value!r}: use true or false", param, ctx)
+
+
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
 DURATION = DurationType()
 SIZE = SizeType()
+GO_BOOL = GoBoolType()
 
 
 ENV_SECRET_PREFIX = "env:"

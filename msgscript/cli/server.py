@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from msgscript import __version__, _libc, config
-from msgscript.cli.options import DURATION, SIZE, CommandFailed, go_flag, read_secret
+from msgscript.cli.options import DURATION, GO_BOOL, SIZE, CommandFailed, go_flag, read_secret
 from msgscript.config import Settings
 from msgscript.errors import ConfigError
 from msgscript.logs import configure_logging, parse_level
@@ -147,6 +147,16 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 @go_flag("library", default="", help="Library directory (file backend).")
 @go_flag("script", default=config.DEFAULT_SCRIPT_DIR, show_default=True, help="Script directory (file backend).")
 @go_flag(
+    "watch",
+    type=GO_BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=True,
+    show_default=True,
+    help="Follow the script and library directories (file backend): an edited script serves without a restart; "
+    "-watch=false reads them once.",
+)
+@go_flag(
     "queue-group",
     default=config.DEFAULT_QUEUE_GROUP,
     show_default=True,
@@ -242,6 +252,15 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     "once from FILE (trailing newline dropped) or from the environment variable VAR.",
 )
 @go_flag("no-metrics", is_flag=True, default=False, help="Neither record nor serve Prometheus metrics (/metrics).")
+@go_flag(
+    "production",
+    is_flag=True,
+    default=False,
+    envvar=config.PRODUCTION_VARIABLE,
+    show_envvar=True,
+    help=f"Production mode: scripts see {config.PRODUCTION_VARIABLE}=1, and web.lua answers a failing route "
+    "with a generic error instead of the error's text.",
+)
 @click.version_option(__version__, "-version", "--version", prog_name="msgscript", message="%(prog)s %(version)s")
 def command(
     backend: str,
@@ -266,6 +285,7 @@ def command(
     plugin: str,
     library: str,
     script: str,
+    watch: bool,
     queue_group: str,
     stream: str,
     dlq_prefix: str,
@@ -282,6 +302,7 @@ def command(
     no_browse: bool,
     http_token: str,
     no_metrics: bool,
+    production: bool,
 ) -> None:
     """Run Lua, WASM and Podman functions when NATS messages or HTTP requests arrive."""
     try:
@@ -303,6 +324,11 @@ def command(
     etcdurl = env.get("ETCD_ENDPOINTS") or etcdurl
     if backend == "etcd":
         env["ETCD_ENDPOINTS"] = os.environ["ETCD_ENDPOINTS"] = etcdurl
+    # Scripts (os.getenv) and the libraries they require learn of -production from the environment.
+    env.pop(config.PRODUCTION_VARIABLE, None)
+    os.environ.pop(config.PRODUCTION_VARIABLE, None)
+    if production:
+        env[config.PRODUCTION_VARIABLE] = os.environ[config.PRODUCTION_VARIABLE] = "1"
     settings = Settings(
         backend=backend,
         etcd_endpoints=tuple(e.strip() for e in etcdurl.split(",") if e.strip()),
@@ -327,6 +353,7 @@ def command(
         plugin_dir=plugin,
         library_dir=library,
         script_dir=script,
+        watch=watch,
         queue_group=queue_group,
         stream=stream,
         dlq_prefix=dlq_prefix,
@@ -341,6 +368,7 @@ def command(
         browse=config.BROWSE_OFF if no_browse else browse,
         http_token=token,
         metrics=not no_metrics,
+        production=production,
         env=env,
     )
     # Inherited by the worker processes the supervisor forks.

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from html import escape
 from string import Template
 from urllib.parse import quote
 
 from msgscript import __version__
+from msgscript.cron import CronSchedule, tick_text
 from msgscript.script import Script
 
 TITLE_PREFIX = "Msgscript"
+NEXT_RUNS = 5
+"""How many run times of a scheduled script its info page lists."""
 
 _CSS = """
 :root {
@@ -68,6 +72,7 @@ thead th, .props th { background: var(--panel); }
 }
 .tag.yes { background: var(--accent-soft); color: var(--accent); border-color: var(--accent); }
 .empty { color: var(--muted); font-style: italic; }
+.runs { margin: 0; padding-left: 1.2rem; }
 .readme img { max-width: 100%; }
 """
 
@@ -154,8 +159,20 @@ def names_page(subject: str, names: list[str]) -> str:
     )
 
 
-def info_page(script: Script) -> str:
-    """One script: its properties and its source."""
+def _schedule_rows(schedule: CronSchedule, now: datetime) -> list[tuple[str, str]]:
+    described = f"<code>{escape(schedule.text)}</code><br>{escape(schedule.describe())}"
+    runs = []
+    for when in schedule.upcoming(now, NEXT_RUNS):
+        text = when.strftime("%Y-%m-%d %H:%M:%S") + (f".{when.microsecond // 1000:03d}" if when.microsecond else "")
+        local = f" ({when.astimezone(schedule.zone_info()).strftime('%H:%M %Z')})" if schedule.zone else ""
+        runs.append(f'<li><time datetime="{tick_text(when)}">{text} UTC</time>{escape(local)}</li>')
+    listed = f'<ul class="runs">{"".join(runs)}</ul>' if runs else '<span class="empty">None</span>'
+    return [("Schedule", described), ("Next runs", listed)]
+
+
+def info_page(script: Script, *, now: datetime | None = None) -> str:
+    """One script: its properties (with its next run times when it has a schedule, counted from `now`) and its
+    source."""
     subject, name = script.subject, script.name
     crumbs = (
         f'<div class="crumbs"><a href="/_/list">Subjects</a> / '
@@ -172,6 +189,8 @@ def info_page(script: Script) -> str:
         ("Libraires used", libraries_cell),
         ("Executor", f"<code>{escape(script.executor)}</code>"),
     ]
+    if script.cron is not None:
+        rows += _schedule_rows(script.cron, now or datetime.now(UTC))
     table = "".join(f"<tr><th>{label}</th><td>{cell}</td></tr>\n" for label, cell in rows)
     content = (
         f"{crumbs}\n<h1>Script information</h1>\n<h2>Properties</h2>\n"

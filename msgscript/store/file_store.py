@@ -1,32 +1,51 @@
 """The file store: scripts and libraries as `*.lua` files in two directories, served from memory.
 
-Only the `*.lua` files directly inside a directory count. A script is keyed by its `--* subject:` and
-`--* name:` headers, a library by its `--* name:` header, never by the file name; when several files hold one
-key, the last by file name is the one served. `FileStore.load` reads the directories (the daemon does so once,
-at startup: it serves what was written after its next start). Writes change the files and what the store
-serves together: the file that was served is rewritten in place and the other holders removed, and a new file
-is named by `script_file_name` or `library_file_name` (docs/cli.md).
+Only the `*.lua` files directly inside a directory count, hidden ones (`.name.lua`) aside. A script is keyed by
+its `--* subject:` and `--* name:` headers, a library by its `--* name:` header, never by the file name; when
+several files hold one key, the last by file name is the one served. `FileStore.load` reads the directories once;
+`FileStore.watching` then follows them (msgscript.store.file_watch): a file added, changed, renamed or removed is
+read again and served within a second, and an edit that does not read as a script (see `FileStore.watching`)
+leaves the file's previous version serving. Writes change the files and what the store serves together: the file
+that was served is rewritten in place and the other holders removed, and a new file is named by
+`script_file_name` or `library_file_name` (docs/cli.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import stat
 import string
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from msgscript.errors import ConfigError, ScriptParseError, StoreError
 from msgscript.script import HEADER_PREFIX, Script, parse_script, render_script
+from msgscript.store.base import Resync
+from msgscript.store.file_watch import follow_directory
 from msgscript.store.memory_store import MemoryStore
 
 log = logging.getLogger(__name__)
 
 _SAFE_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
 _NAME_SEPARATOR = "@"
+
+SyntaxCheck = Callable[[str], tuple[int, str] | None]
+"""Compiles a file's text without running it: None when it compiles, else the line and the compiler's message
+(msgscript.lua.syntax.LuaSyntaxCheck for Lua; the store does not import Lua itself)."""
+
+SETTLE_S = 0.1
+"""A changed file whose text does not read as a script is read again this long after, in case it was caught
+half-written, before it is reported."""
+STOP_TIMEOUT_S = 2.0
+"""How long the end of `FileStore.watching` waits for the watches to stop."""
+RETRY_S = 1.0
+"""A directory that could not be read while following it is read again after this long."""
 
 
 def _encode_file_part(text: str) -> str:
@@ -74,12 +93,18 @@ def _set_headers(text: str, values: Mapping[str, str]) -> str:
     return head + "\n".join(kept)
 
 
+def is_lua_file_name(name: str) -> bool:
+    """Whether a file of that name in a directory counts: `*.lua`, not hidden. Editors' temporary and backup files
+    (`.name.lua.swp`, `name.lua~`, `.#name.lua`, `4913`, `*.tmp`) do not."""
+    return name.endswith(".lua") and not name.startswith(".")
+
+
 def _lua_files(directory: Path) -> list[Path]:
     try:
         entries = sorted(os.listdir(directory))
     except OSError as exc:
         raise StoreError(f"failed to read directory {directory}: {exc.strerror or exc}") from exc
-    return [directory / e for e in entries if e.endswith(".lua") and (directory / e).is_file()]
+    return [directory / e for e in entries if is_lua_file_name(e) and (directory / e).is_file()]
 
 
 def _read(path: Path) -> str:
@@ -89,15 +114,33 @@ def _read(path: Path) -> str:
         raise StoreError(f"failed to read script file {path}: {exc.strerror or exc}") from exc
 
 
-def _read_directory(directory: Path) -> list[tuple[Path, Script | ScriptParseError]]:
-    """Every `*.lua` file directly inside, sorted by file name, parsed (or why it does not parse)."""
-    found: list[tuple[Path, Script | ScriptParseError]] = []
+Stamp = tuple[int, int, int, int]
+"""What tells a file's versions apart without reading it: inode, size, modification and change times (ns)."""
+
+
+def _stamp(path: Path) -> Stamp:
+    status = os.stat(path)
+    return status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns
+
+
+def _load_directory(directory: Path) -> list[tuple[Path, Stamp, Script | ScriptParseError]]:
+    """Every `*.lua` file directly inside, sorted by file name, with its stamp, parsed (or why it does not parse)."""
+    found: list[tuple[Path, Stamp, Script | ScriptParseError]] = []
     for path in _lua_files(directory):
         try:
-            found.append((path, parse_script(_read(path))))
+            stamp = _stamp(path)
+        except OSError:
+            continue  # gone since the listing
+        try:
+            found.append((path, stamp, parse_script(_read(path))))
         except ScriptParseError as exc:
-            found.append((path, exc))
+            found.append((path, stamp, exc))
     return found
+
+
+def _read_directory(directory: Path) -> list[tuple[Path, Script | ScriptParseError]]:
+    """Every `*.lua` file directly inside, sorted by file name, parsed (or why it does not parse)."""
+    return [(path, parsed) for path, _, parsed in _load_directory(directory)]
 
 
 def _holders(directory: Path, holds: Callable[[Script], bool]) -> list[Path]:
@@ -183,6 +226,115 @@ def _library_file(name: str, source: str, text: str | None) -> str:
     return written
 
 
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """A file's text as read at `stamp`: the script it holds, or why it is refused (`where`: path, and line)."""
+
+    stamp: Stamp
+    script: Script | None
+    where: str = ""
+    problem: str = ""
+
+
+def _culprit_line(text: str) -> int:
+    """The line of the header that makes `parse_script(text)` fail (the first whose removal changes the error), or
+    0. Headers may be anywhere, and each key has its own rules: asking the parser is the one reliable way."""
+    lines = text.split("\n")
+    try:
+        parse_script(text)
+    except ScriptParseError as exc:
+        error = str(exc)
+    else:
+        return 0
+    for index, line in enumerate(lines):
+        if not line.startswith(HEADER_PREFIX):
+            continue
+        try:
+            parse_script("\n".join(lines[:index] + lines[index + 1 :]))
+        except ScriptParseError as exc:
+            if str(exc) == error:
+                continue
+        return index + 1
+    return 0
+
+
+def _read_watched(path: Path, stamp: Stamp, kind: str, check: SyntaxCheck | None, *, shared: bool = False) -> _Reading:
+    """Read a changed file (found at `stamp`) for the watch: refused (with where and why) unless it parses, has the
+    headers that key it (subject and name for a script, name for a library), and compiles (a Lua script or library,
+    with `check`). A file caught half-written (empty, cut in a header or in the code) is refused by these rules.
+
+    In a script directory `shared` with the libraries, a file with a name and no subject is a library: not a
+    script, and no problem either (no `problem`)."""
+    try:
+        text = _read(path)
+    except StoreError as exc:
+        return _Reading(stamp, None, str(path), str(exc))
+    try:
+        script = parse_script(text)
+    except ScriptParseError as exc:
+        line = _culprit_line(text)
+        return _Reading(stamp, None, f"{path}:{line}" if line else str(path), str(exc))
+    if shared and kind == "script" and script.name and not script.subject:
+        return _Reading(stamp, None, str(path))
+    keys = ("subject", "name") if kind == "script" else ("name",)
+    missing = [f"{HEADER_PREFIX} {key}:" for key in keys if not getattr(script, key)]
+    if missing:
+        return _Reading(stamp, None, str(path), f"missing header{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    if check is not None and (kind == "library" or script.executor == "lua"):
+        failure = check(text)
+        if failure is not None:
+            line, message = failure
+            return _Reading(stamp, None, f"{path}:{line}" if line else str(path), message)
+    return _Reading(stamp, script)
+
+
+def _read_changes(
+    directory: Path, known: Mapping[Path, Stamp], kind: str, check: SyntaxCheck | None, shared: bool
+) -> tuple[list[Path], dict[Path, _Reading]]:
+    """The files now in the directory (sorted by name), and the readings (`_read_watched`) of those not at their
+    `known` stamp. A reading refused is taken again after SETTLE_S if the file changed meanwhile (it was being
+    written).
+
+    Raises:
+        StoreError: the directory cannot be listed.
+    """
+    present: list[Path] = []
+    readings: dict[Path, _Reading] = {}
+    for path in _lua_files(directory):
+        try:
+            stamp = _stamp(path)
+        except OSError:
+            continue  # gone since the listing
+        present.append(path)
+        if known.get(path) != stamp:
+            readings[path] = _read_watched(path, stamp, kind, check, shared=shared)
+    refused = [path for path, reading in readings.items() if reading.problem]
+    if refused:
+        time.sleep(SETTLE_S)
+        for path in refused:
+            try:
+                settled = _stamp(path)
+            except OSError:
+                present.remove(path)
+                del readings[path]
+                continue
+            if settled != readings[path].stamp:
+                readings[path] = _read_watched(path, settled, kind, check, shared=shared)
+    return present, readings
+
+
+@dataclass(slots=True)
+class _Followed:
+    """One directory as the store last read it: per file, its stamp then, and the version it serves (its last text
+    that read well; None: none)."""
+
+    kind: str
+    path: Path
+    stamps: dict[Path, Stamp] = field(default_factory=dict)
+    served: dict[Path, Script | None] = field(default_factory=dict)
+    unreadable: bool = False
+
+
 def _directory(path: Path | None, kind: str) -> Path:
     if path is None:
         raise StoreError(f"{kind} directory cannot be empty")
@@ -203,7 +355,8 @@ class FileStore:
         self.script_dir = Path(script_dir).absolute() if script_dir else None
         self.library_dir = Path(library_dir).absolute() if library_dir else None
         self._memory = MemoryStore(missing_libraries_are_errors=True)
-        self._writing = asyncio.Lock()
+        self._writing = asyncio.Lock()  # held by writes and by the watch's readings: one at a time
+        self._followed: list[_Followed] = []  # what `load` read, then what the watch reads
 
     def __len__(self) -> int:
         """The number of scripts held."""
@@ -216,24 +369,128 @@ class FileStore:
             ConfigError: a directory or a file cannot be read.
         """
         try:
-            scripts = await asyncio.to_thread(_read_directory, self.script_dir) if self.script_dir else []
-            libraries = await asyncio.to_thread(_read_directory, self.library_dir) if self.library_dir else []
+            scripts = await asyncio.to_thread(_load_directory, self.script_dir) if self.script_dir else []
+            libraries = await asyncio.to_thread(_load_directory, self.library_dir) if self.library_dir else []
         except StoreError as exc:
             raise ConfigError(str(exc)) from exc
-        for path, script in scripts:
+        for directory, kind, found in (
+            (self.script_dir, "script", scripts),
+            (self.library_dir, "library", libraries),
+        ):
+            if directory is not None:
+                self._followed.append(
+                    _Followed(
+                        kind,
+                        directory,
+                        {path: stamp for path, stamp, _ in found},
+                        {path: None if isinstance(parsed, ScriptParseError) else parsed for path, _, parsed in found},
+                    )
+                )
+        for path, _, script in scripts:
             if isinstance(script, ScriptParseError):
                 log.error("skipping script %s: %s", path, script)
             else:
                 self._memory.add(script)
         if self.script_dir:
             log.info("loaded %d scripts from %s", len(self._memory), self.script_dir)
-        for path, library in libraries:
+        for path, _, library in libraries:
             if isinstance(library, ScriptParseError):
                 log.error("skipping library %s: %s", path, library)
             else:
                 self._memory.add_library(library.name, library.content)
         if self.library_dir:
             log.info("loaded %d libraries from %s", len(libraries), self.library_dir)
+
+    @contextlib.asynccontextmanager
+    async def watching(self, *, check: SyntaxCheck | None = None) -> AsyncIterator[None]:
+        """Follow the directories `load` read for as long as the block runs, with inotify.
+
+        A `*.lua` file added, changed, renamed or removed is read again within a second and served, and the
+        listeners fire when the scripts change (so NATS subscriptions follow). Libraries are read by each run
+        when it starts: a changed library applies to the runs that start after it. A run under way keeps the
+        version it started with.
+
+        A changed file is served only when it reads as a script: its headers parse, it has its `--* subject:`
+        and `--* name:` headers (a library its `--* name:`), and `check` (Lua scripts and libraries) finds its
+        code compiles. Otherwise the error is logged with the file and line, and the file's previous version
+        keeps serving (a new file is not served). Editors' temporary files are not `*.lua` files or are hidden
+        (`is_lua_file_name`). A directory that cannot be watched any more is logged, and what was read from it
+        keeps serving (msgscript.store.file_watch).
+
+        On exit the watches stop (waited for STOP_TIMEOUT_S at most).
+        """
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        rereads: list[Resync] = []
+        watches: list[asyncio.Task[None]] = []
+        for followed in self._followed:
+            reread = functools.partial(self._reread, followed, check)
+            resync = Resync(reread, what=f"{followed.kind}s read from {followed.path}", retry_s=RETRY_S)
+            rereads.append(resync)
+            watch = follow_directory(
+                followed.path, resync.schedule, stop, wanted=is_lua_file_name, what=f"{followed.kind} directory"
+            )
+            watches.append(loop.create_task(watch, name=f"msgscript:watch:{followed.path}"))
+            log.info("watching %s for changes", followed.path)
+        try:
+            yield
+        finally:
+            stop.set()
+            for resync in rereads:
+                resync.close()
+            if watches:
+                _, pending = await asyncio.wait(watches, timeout=STOP_TIMEOUT_S)
+                for task in pending:
+                    log.warning("the watch %s did not stop within %ss; cancelled", task.get_name(), STOP_TIMEOUT_S)
+                    task.cancel()
+                if pending:
+                    await asyncio.wait(pending, timeout=STOP_TIMEOUT_S)
+
+    async def _reread(self, followed: _Followed, check: SyntaxCheck | None) -> None:
+        """Read the directory's changed files again, and serve what they hold now."""
+        async with self._writing:
+            shared = self.script_dir == self.library_dir
+            try:
+                present, readings = await asyncio.to_thread(
+                    _read_changes, followed.path, dict(followed.stamps), followed.kind, check, shared
+                )
+            except StoreError as exc:
+                if not followed.unreadable:
+                    followed.unreadable = True
+                    log.error("%s; serving what was read from it", exc)
+                return
+            followed.unreadable = False
+            for path in set(followed.stamps) - set(present):
+                del followed.stamps[path]
+                if followed.served.pop(path, None) is not None:
+                    log.info("%s file %s removed", followed.kind, path)
+            for path, reading in readings.items():
+                followed.stamps[path] = reading.stamp
+                previous = followed.served.get(path)
+                if reading.script is not None or not reading.problem:
+                    followed.served[path] = reading.script
+                    if reading.script is not None and reading.script != previous:
+                        log.info("%s %s %s", "reloaded" if previous else "read", followed.kind, path)
+                elif previous is not None:
+                    log.error("%s: %s; its previous version keeps serving", reading.where, reading.problem)
+                else:
+                    followed.served[path] = None
+                    log.error("skipping %s %s: %s", followed.kind, reading.where, reading.problem)
+            await self._serve(followed)
+
+    async def _serve(self, followed: _Followed) -> None:
+        """Make memory hold what the directory's files serve (the last file by name wins a key)."""
+        versions = [followed.served[path] for path in sorted(followed.served, key=lambda path: path.name)]
+        if followed.kind == "library":
+            self._memory.replace_libraries({library.name: library.content for library in versions if library})
+            return
+        wanted = {(script.subject, script.name): script for script in versions if script}
+        for subject, name in await self._memory.script_names():
+            if (subject, name) not in wanted:
+                await self._memory.delete_script(subject, name)
+        for (subject, name), script in wanted.items():
+            if await self._memory.script(subject, name) != script:
+                self._memory.add(script)
 
     async def scripts_for(self, subject: str) -> list[Script]:
         """Scripts whose subject is `subject` or a wildcard pattern matching it."""
@@ -352,5 +609,5 @@ class FileStore:
         return bool(removed)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
-        """Call `callback` after every change to the scripts (the store's own writes: files are not watched)."""
+        """Call `callback` after every change to the scripts: the store's own writes, and what `watching` reads."""
         self._memory.add_listener(callback)

@@ -106,6 +106,9 @@ let
   ++ flag "-timeout" cfg.timeout
   ++ flag "-max-memory" cfg.maxMemory
   ++ flag "-max-in-flight" cfg.maxInFlight
+  # Following the script directory is the daemon's default; only turning it off is a flag.
+  ++ optional (cfg.backend == "file" && !cfg.watch) "-watch=false"
+  ++ optional cfg.production "-production"
   ++ cfg.extraArgs;
 
   # StateDirectory= only takes directories under /var/lib; elsewhere tmpfiles creates dataDir.
@@ -268,6 +271,26 @@ in
       type = types.nullOr types.ints.positive;
       default = null;
       description = "Messages and requests handled at once (`-max-in-flight`). null: the daemon's default, 256.";
+    };
+
+    watch = mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Follow `scriptDir` and `libraryDir` (file backend): a script or library added, edited or
+        removed there is served within a second, without a restart; an edit that does not parse
+        is logged and the previous version keeps serving. false: `-watch=false`, the directories
+        are read once at startup.
+      '';
+    };
+
+    production = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Production mode (`-production`): scripts see `MSGSCRIPT_PRODUCTION=1`, and the web.lua
+        library answers a failing route with a generic error instead of the error's text.
+      '';
     };
 
     openFirewall = mkOption {

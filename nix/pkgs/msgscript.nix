@@ -72,7 +72,9 @@ python3Packages.buildPythonApplication {
       opentelemetry-sdk
       opentelemetry-exporter-otlp-proto-grpc
       prometheus-client
+      cronsim
       wasmtime
+      watchfiles
     ])
     ++ [ nkeys ];
 

@@ -137,6 +137,7 @@ let
     "brotli"
     "chevron"
     "click"
+    "cronsim"
     "google-re2"
     "grpcio"
     "lupa"
@@ -154,6 +155,7 @@ let
     "setuptools"
     "uvloop"
     "wasmtime"
+    "watchfiles"
     "yarl"
   ];
 

@@ -1,0 +1,1 @@
+../../../libraries/web.lua
