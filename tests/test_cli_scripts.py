@@ -18,7 +18,8 @@ import pytest
 from msgscript.etcd_client import EtcdClient
 from msgscript.message import Reply
 from msgscript.script import Script, parse_script
-from msgscript.store.file_store import FileStore, script_file_name
+from msgscript.store.file_store import FileStore
+from msgscript.store.script_files import script_file_name
 from tests.conftest import DaemonFactory
 from tests.servers import EtcdServer, free_port
 

@@ -13,7 +13,8 @@ from msgscript.compose import open_store
 from msgscript.config import Settings
 from msgscript.errors import ConfigError, LibraryNotFound, StoreError
 from msgscript.script import Script, parse_script
-from msgscript.store.file_store import FileStore, library_file_name, script_file_name
+from msgscript.store.file_store import FileStore
+from msgscript.store.script_files import library_file_name, script_file_name
 
 HELLO = "--* subject: funcs.hello\n--* name: hello\nfunction OnMessage(subject, payload) return payload end\n"
 

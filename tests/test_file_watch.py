@@ -33,7 +33,8 @@ from msgscript.config import Settings
 from msgscript.lua.syntax import LuaSyntaxCheck
 from msgscript.message import Reply
 from msgscript.store.base import Store
-from msgscript.store.file_store import FileStore, is_lua_file_name
+from msgscript.store.file_store import FileStore
+from msgscript.store.script_files import is_lua_file_name
 from tests.conftest import fixture_settings
 from tests.processes import daemon_running
 from tests.servers import NatsServer, free_port
