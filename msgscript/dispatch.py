@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+import types
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from msgscript import tracing
 from msgscript.durations import format_duration
 from msgscript.errors import LibraryNotFound, LockError, NoScripts, ScriptError, ScriptTimeout, StoreError
-from msgscript.executors.base import Executor, RunContext
+from msgscript.executors.base import Executor, RunContext, RunsInline
 from msgscript.locks import Lock, lock_key
 from msgscript.message import Message, Reply, Result
 from msgscript.script import Script
@@ -47,6 +48,9 @@ class Dispatcher:
         self._lock = lock
         self._timeout_s = script_timeout_s
         self._metrics = metrics
+        self._run_now: dict[str, Callable[[Script, Message, RunContext], Result | None]] = {
+            name: executor.run_now for name, executor in executors.items() if isinstance(executor, RunsInline)
+        }
 
     async def scripts_for(self, subject: str) -> list[Script]:
         """The scripts that a core NATS message or an HTTP request on `subject` runs.
@@ -77,6 +81,49 @@ class Dispatcher:
         except (NoScripts, StoreError) as exc:
             return Reply(error=f"failed to get scripts for subject: {exc}")
         return await self.run_all(scripts, message)
+
+    def dispatch_now(self, message: Message) -> Reply | None:
+        """The Reply of a message that can be answered without waiting, or None: then `dispatch` must handle it,
+        and nothing of its scripts has taken effect.
+
+        Answered now: one script with neither `lock` nor libraries, whose executor finishes the run inline
+        (`RunsInline`), with tracing off. Everything else (and a store that would have to wait) goes to
+        `dispatch`. Limits, results and metrics are those of `dispatch`.
+        """
+        if tracing.enabled():
+            return None
+        lookup = self._store.scripts_for(message.subject)
+        try:
+            lookup.send(None)
+        except StopIteration as found:
+            scripts: list[Script] = found.value
+        except StoreError:
+            return None  # `dispatch` asks again, and reports the failure
+        else:
+            lookup.close()  # a lookup that waits is a read: `dispatch` makes it again
+            return None
+        if len(scripts) != 1:
+            return None
+        script = scripts[0]
+        if script.durable or script.lock or script.libraries:
+            return None
+        run_now = self._run_now.get(script.executor)
+        if run_now is None:
+            return None
+        started = time.monotonic()
+        timeout_s = script.timeout_s or self._timeout_s
+        ctx = RunContext(deadline=started + timeout_s, timeout_s=timeout_s)
+        try:
+            result = run_now(script, message, ctx)
+        except Exception as exc:
+            result, outcome = _failure(exc, script, timeout_s)
+        else:
+            if result is None:
+                return None
+            outcome = "error" if result.error else "ok"
+        if self._metrics is not None:
+            self._metrics.observe_run(script, outcome, time.monotonic() - started)
+        return Reply(results=(result,))
 
     async def run_all(self, scripts: list[Script], message: Message) -> Reply:
         """Run the scripts concurrently; the results come in the order of `scripts`."""
@@ -133,15 +180,8 @@ class Dispatcher:
         except LockError as exc:
             log.warning("lock failed script=%s subject=%s: %s", script.name, script.subject, exc)
             return Result.failure(str(exc)), "error"
-        except ScriptTimeout as exc:
-            log.info("script timed out script=%s subject=%s after=%s", script.name, script.subject, timeout_s)
-            return Result.failure(str(exc)), "timeout"
-        except ScriptError as exc:
-            log.info("script failed script=%s subject=%s: %s", script.name, script.subject, exc)
-            return Result.failure(str(exc)), "error"
         except Exception as exc:
-            log.exception("internal error running script=%s subject=%s", script.name, script.subject)
-            return Result.failure(f"internal error: {exc}"), "error"
+            return _failure(exc, script, timeout_s)
 
     async def _run_with_backstop(self, executor: Executor, script: Script, message: Message, ctx: RunContext) -> Result:
         if not tracing.enabled():  # the hot path: no span, no attributes to build
@@ -158,10 +198,54 @@ class Dispatcher:
             return result
 
 
+def _failure(exc: Exception, script: Script, timeout_s: float) -> tuple[Result, Outcome]:
+    """The error Result of a run that raised `exc`, logged."""
+    if isinstance(exc, ScriptTimeout):
+        log.info("script timed out script=%s subject=%s after=%s", script.name, script.subject, timeout_s)
+        return Result.failure(str(exc)), "timeout"
+    if isinstance(exc, ScriptError):
+        log.info("script failed script=%s subject=%s: %s", script.name, script.subject, exc)
+        return Result.failure(str(exc)), "error"
+    log.error("internal error running script=%s subject=%s", script.name, script.subject, exc_info=exc)
+    return Result.failure(f"internal error: {exc}"), "error"
+
+
 async def _with_backstop(executor: Executor, script: Script, message: Message, ctx: RunContext) -> Result:
-    """Run the script; an executor that overruns its deadline by more than the margin is cut off."""
+    """Run the script; an executor that overruns its deadline by more than the margin is cut off.
+
+    The backstop can only act where the run waits, so the run's first step, up to its first wait, goes
+    without one: a run that ends in that step (an inline Lua execution does) costs no timer. A run that
+    waits continues under a timer set from when it started.
+    """
+    loop = asyncio.get_running_loop()
+    backstop_at = loop.time() + ctx.timeout_s + _BACKSTOP_MARGIN_S
+    run = executor.run(script, message, ctx)
     try:
-        async with asyncio.timeout(ctx.timeout_s + _BACKSTOP_MARGIN_S):
-            return await executor.run(script, message, ctx)
+        waiting_on = run.send(None)
+    except StopIteration as finished:
+        result: Result = finished.value
+        return result
+    try:
+        async with asyncio.timeout_at(backstop_at):
+            return await _resumed(run, waiting_on)
     except TimeoutError:
         raise ctx.timed_out() from None
+
+
+@types.coroutine
+def _resumed(run: Coroutine[Any, Any, Result], waiting_on: Any) -> Generator[Any, Any, Result]:
+    """Carry on a coroutine already stepped once (it is waiting on `waiting_on`), as `await` would have."""
+    try:
+        while True:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                run.close()
+                raise
+            except BaseException as exc:  # a cancellation (the backstop's included) goes into the run
+                waiting_on = run.throw(exc)
+            else:
+                waiting_on = run.send(sent)
+    except StopIteration as finished:
+        result: Result = finished.value
+        return result

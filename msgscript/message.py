@@ -145,9 +145,13 @@ class Result:
             headers = (
                 "{" + ",".join(f"{go_string(k)}:{go_string(v)}" for k, v in sorted(self.http_headers.items())) + "}"
             )
+        # The common result (no error, a payload) is written without a call per field.
+        error = go_string(self.error) if self.error else '""'
+        payload = self.payload
+        encoded = "null" if payload is None else '"' + base64.b64encode(payload).decode("ascii") + '"'
         return (
-            f'{{"http_code":{int(self.http_code)},"error":{go_string(self.error)},"http_headers":{headers},'
-            f'"is_html":{_go_bool(self.is_html)},"payload":{_go_bytes(self.payload)}}}'
+            f'{{"http_code":{int(self.http_code)},"error":{error},"http_headers":{headers},'
+            f'"is_html":{"true" if self.is_html else "false"},"payload":{encoded}}}'
         )
 
     @classmethod
@@ -205,9 +209,16 @@ class Reply:
 
     def to_json(self) -> bytes:
         """Encode as the Go Reply: `script_result`, `is_html`, and `error` only when set."""
-        results = "null" if self.results is None else "[" + ",".join(r.to_json() for r in self.results) + "]"
+        found = self.results
+        if found is None:
+            results, is_html = "null", False
+        elif len(found) == 1:  # most subjects have one script
+            only = found[0]
+            results, is_html = "[" + only.to_json() + "]", only.is_html
+        else:
+            results, is_html = "[" + ",".join(r.to_json() for r in found) + "]", any(r.is_html for r in found)
         error = f',"error":{go_string(self.error)}' if self.error else ""
-        return f'{{"script_result":{results},"is_html":{_go_bool(self.is_html)}{error}}}'.encode()
+        return f'{{"script_result":{results},"is_html":{"true" if is_html else "false"}{error}}}'.encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Reply:

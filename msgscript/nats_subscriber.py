@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -51,7 +51,10 @@ def confine_subject(message: Message, arrival: str, subscription: str) -> Messag
 
 
 class NatsSubscriber:
-    """Subscribes every script subject and the internal subjects, and runs each message as a bounded task.
+    """Subscribes every script subject and the internal subjects, and runs each message within the in-flight bound.
+
+    A message whose script finishes without waiting (`Dispatcher.dispatch_now`) is answered in the
+    subscription's callback; every other message runs as a task of its own.
 
     Where script subjects overlap (`funcs.*` and `funcs.a`), NATS picks one subscription per queue
     group among all that match, so with a queue group each message arrives once. Without one, it
@@ -168,9 +171,33 @@ class NatsSubscriber:
                 return
             if self._metrics is not None:
                 self._metrics.count_message("nats")  # on arrival, before it may wait for a slot
-            await self._spawn(self._handle(msg, pattern), msg.subject)
+            if tracing.enabled():
+                await self._spawn(self._handle(msg, pattern), msg.subject)
+                return
+            # Waiting for a slot here holds back this subscription's delivery queue: back-pressure.
+            await self._in_flight.acquire()
+            await self._answer_now(msg, pattern)
 
         return on_message
+
+    async def _answer_now(self, msg: Msg, subscription: str) -> None:
+        """Answer a message whose scripts finish without waiting right here, without a task of its own; hand the
+        others (and the slot taken for this one) to a task."""
+        try:
+            message = confine_subject(decode_message(msg.subject, msg.data), msg.subject, subscription)
+            reply = None if message.is_async else self._dispatcher.dispatch_now(message)
+        except Exception:
+            log.exception("failed to handle message subject=%s", msg.subject)
+            reply = Reply(error="internal error while handling the message")
+        else:
+            if reply is None:
+                self._start(self._handle_message(msg, subscription, message), msg.subject)
+                return
+        try:
+            if msg.reply:
+                await self._respond(msg.reply, reply)
+        finally:
+            self._in_flight.release()
 
     def _internal_handler(self, subject: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(msg: Msg) -> None:
@@ -178,11 +205,14 @@ class NatsSubscriber:
 
         return on_message
 
-    async def _spawn(self, work: Awaitable[None], subject: str) -> None:
+    async def _spawn(self, work: Coroutine[Any, Any, None], subject: str) -> None:
         # Waiting for a slot here holds back this subscription's delivery queue: back-pressure.
         await self._in_flight.acquire()
-        task = asyncio.ensure_future(work)
-        task.set_name(f"msgscript:{subject}")
+        self._start(work, subject)
+
+    def _start(self, work: Coroutine[Any, Any, None], subject: str) -> None:
+        """Run `work` as a task that gives back the in-flight slot taken for it when it ends."""
+        task = asyncio.get_running_loop().create_task(work, name=f"msgscript:{subject}")
         self._tasks.add(task)
         task.add_done_callback(self._finished)
 
@@ -202,15 +232,20 @@ class NatsSubscriber:
         ):
             await self._handle_message(msg, subscription)
 
-    async def _handle_message(self, msg: Msg, subscription: str) -> None:
+    async def _handle_message(self, msg: Msg, subscription: str, message: Message | None = None) -> None:
         try:
-            message = confine_subject(decode_message(msg.subject, msg.data), msg.subject, subscription)
+            if message is None:
+                message = confine_subject(decode_message(msg.subject, msg.data), msg.subject, subscription)
             if message.is_async and msg.reply:
                 await self._nc.publish(msg.reply, _ASYNC_ACK)
             reply = await self._dispatcher.dispatch(message)
-            if msg.reply:
-                with tracing.span("nats.handle_message.send_reply"):
-                    await self._respond(msg.reply, reply)
+            if not msg.reply:
+                return
+            if not tracing.enabled():
+                await self._respond(msg.reply, reply)
+                return
+            with tracing.span("nats.handle_message.send_reply"):
+                await self._respond(msg.reply, reply)
         except Exception:
             log.exception("failed to handle message subject=%s", msg.subject)
             if msg.reply:

@@ -427,3 +427,83 @@ async def test_dispatch_without_scripts_is_the_replys_error() -> None:
 async def test_dispatch_turns_a_store_error_into_the_replys_error() -> None:
     reply = await make_dispatcher(StubExecutor(), store=BrokenStore()).dispatch(message())
     assert reply == Reply(error="failed to get scripts for subject: etcd unreachable")
+
+
+# answering without waiting (dispatch_now)
+
+
+class InlineStub(StubExecutor):
+    """A StubExecutor that can also finish runs at once: `run_now` answers with `now` (None sends the run on
+    to `run`); it records those runs apart."""
+
+    def __init__(self, now: Callable[[Script, Message, RunContext], Result | None], behaviour: Behaviour = echo):
+        super().__init__(behaviour)
+        self.now = now
+        self.runs_now: list[Script] = []
+
+    def run_now(self, script: Script, message: Message, ctx: RunContext) -> Result | None:
+        self.runs_now.append(script)
+        return self.now(script, message, ctx)
+
+
+def echo_now(script: Script, message: Message, ctx: RunContext) -> Result:
+    return Result(payload=b"now:" + message.payload)
+
+
+async def test_a_run_that_finishes_at_once_is_answered_without_waiting(metrics: Metrics) -> None:
+    executor = InlineStub(echo_now)
+    script = stub_script()
+    reply = make_dispatcher(executor, script, metrics=metrics).dispatch_now(message())
+    assert reply == Reply(results=(Result(payload=b"now:John"),))
+    assert (executor.runs_now, executor.runs) == ([script], [])
+    assert runs(metrics, script, "ok") == 1
+
+
+async def test_a_run_that_has_to_wait_is_left_to_dispatch(metrics: Metrics) -> None:
+    executor = InlineStub(lambda script, message, ctx: None)
+    script = stub_script()
+    dispatcher = make_dispatcher(executor, script, metrics=metrics)
+    assert dispatcher.dispatch_now(message()) is None
+    assert runs(metrics, script, "ok") == 0  # nothing ran yet
+    assert await dispatcher.dispatch(message()) == Reply(results=(Result(payload=b"one:John"),))
+    assert runs(metrics, script, "ok") == 1
+
+
+@pytest.mark.parametrize(
+    "scripts",
+    [
+        [stub_script(lock=True)],
+        [stub_script(libraries=("a",))],
+        [stub_script("one"), stub_script("two")],
+        [],
+    ],
+    ids=["lock", "libraries", "two scripts", "no script"],
+)
+async def test_what_may_wait_is_left_to_dispatch(scripts: list[Script]) -> None:
+    executor = InlineStub(echo_now)
+    assert make_dispatcher(executor, *scripts).dispatch_now(message()) is None
+    assert executor.runs_now == []
+
+
+async def test_an_executor_without_run_now_is_left_to_dispatch() -> None:
+    executor = StubExecutor()
+    assert make_dispatcher(executor, stub_script()).dispatch_now(message()) is None
+    assert executor.runs == []
+
+
+async def test_a_failed_run_now_is_the_same_error_result_as_in_dispatch(metrics: Metrics) -> None:
+    def fail(script: Script, message: Message, ctx: RunContext) -> Result:
+        raise ScriptError("error executing Lua script: boom")
+
+    script = stub_script()
+    reply = make_dispatcher(InlineStub(fail), script, metrics=metrics).dispatch_now(message())
+    assert reply == Reply(results=(Result(error="error executing Lua script: boom"),))
+    assert runs(metrics, script, "error") == 1
+
+
+async def test_a_store_failure_is_left_to_dispatch() -> None:
+    executor = InlineStub(echo_now)
+    dispatcher = make_dispatcher(executor, stub_script(), store=BrokenStore())
+    assert dispatcher.dispatch_now(message()) is None
+    reply = await dispatcher.dispatch(message())
+    assert reply.error == "failed to get scripts for subject: etcd unreachable"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from msgscript.durations import format_duration
 from msgscript.errors import ScriptTimeout
@@ -41,4 +41,14 @@ class Executor(Protocol):
             ScriptError: the user's script failed; its text becomes the result error.
             ScriptTimeout: the run went past ctx.deadline.
         """
+        ...
+
+
+@runtime_checkable
+class RunsInline(Protocol):
+    """An executor that can finish some runs on the event loop, without a task or a wait (the Lua executor)."""
+
+    def run_now(self, script: Script, message: Message, ctx: RunContext) -> Result | None:
+        """The run's result if it could run to the end now; None when it has to go through `run`, with nothing of
+        it having taken effect. Raises what `run` raises."""
         ...

@@ -130,28 +130,45 @@ class LuaExecutor:
         """Executions still running on threads the event loop stopped waiting for."""
         return 0 if self._pool is None else self._pool.abandoned
 
-    async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
-        """Run the script for the message in a fresh environment."""
-        pool = self._pool
-        if pool is None:
+    def run_now(self, script: Script, message: Message, ctx: RunContext) -> Result | None:
+        """Run the script inline, on the event loop, if it may; None when it has to run on a worker thread.
+
+        None means that nothing of the script took effect (it did not start, or it was abandoned before any
+        effect); `run` then runs it on a worker. Raises what `run` raises.
+        """
+        if self._pool is None:
             raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
         now = time.monotonic()
         if now >= ctx.deadline:
             raise ctx.timed_out()
-        loop = asyncio.get_running_loop()
         # Keyed by the parts, not their concatenation: the parts' hashes are cached by the strings.
         key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
         moved = self._on_workers.get(key)
-        if (moved is None or now - moved > RETRY_INLINE_AFTER_S) and len(message.payload) <= INLINE_MAX_PAYLOAD_BYTES:
-            result = self._execute(script, message, ctx, self._execution(ctx, loop), key, True)
-            if result is not None:
-                if moved is not None:
-                    del self._on_workers[key]
-                return result
-            if len(self._on_workers) >= _REMEMBERED_SCRIPTS:
-                self._on_workers.clear()
-            self._on_workers[key] = now
-        execution = self._execution(ctx, loop)
+        if moved is not None and now - moved <= RETRY_INLINE_AFTER_S:
+            return None
+        if len(message.payload) > INLINE_MAX_PAYLOAD_BYTES:
+            return None
+        execution = self._execution(ctx, asyncio.get_running_loop())
+        result = self._execute(script, message, ctx, execution, key, True)
+        if result is not None:
+            if moved is not None:
+                del self._on_workers[key]
+            return result
+        if len(self._on_workers) >= _REMEMBERED_SCRIPTS:
+            self._on_workers.clear()
+        self._on_workers[key] = now
+        return None
+
+    async def run(self, script: Script, message: Message, ctx: RunContext) -> Result:
+        """Run the script for the message in a fresh environment: inline when it may, else on a worker thread."""
+        result = self.run_now(script, message, ctx)
+        if result is not None:
+            return result
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
+        key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
+        execution = self._execution(ctx, asyncio.get_running_loop())
         try:
             result = await pool.run(
                 self._execute,
