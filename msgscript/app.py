@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from msgscript.catalog import Catalog
 from msgscript.compose import open_dispatcher, open_store
-from msgscript.config import Settings
+from msgscript.config import WORKER_VARIABLE, Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
 from msgscript.etcd_client import open_etcd
@@ -60,6 +60,8 @@ async def running(
                 in_flight_limit=in_flight.limit,
                 scripts_loaded=lambda: len(store),
                 nats_reconnects=lambda: nc.stats["reconnects"],
+                # One of several workers: its series are told apart by a `worker` label.
+                worker=settings.env.get(WORKER_VARIABLE, "0") if settings.workers > 1 else "",
             )
         dispatcher = await stack.enter_async_context(
             open_dispatcher(settings, store, nc=nc, etcd=etcd, on_stuck=on_stuck, metrics=metrics)

@@ -55,6 +55,9 @@ NO_FILE = ""
 """The value of a file setting (credentials, CA, certificate, key) that is not given."""
 NO_CREDENTIAL = ""
 """The value of a user, password or token setting that is not given."""
+DEFAULT_WORKERS = 1
+WORKER_VARIABLE = "MSGSCRIPT_WORKER"
+"""Set in each worker process's environment to its index, 0 to `-workers` - 1 (os.getenv tells workers apart)."""
 PRODUCTION_VARIABLE = "MSGSCRIPT_PRODUCTION"
 """Set to 1 in the daemon's environment under `-production`: libraries/web.lua then hides error texts."""
 
@@ -84,6 +87,8 @@ class Settings:
     wasm_threads: int = DEFAULT_WASM_THREADS
     podman_concurrency: int = DEFAULT_PODMAN_CONCURRENCY
     grace_period_s: float = DEFAULT_GRACE_PERIOD_S
+    # Worker processes serving NATS and HTTP (`-workers`); above one, /metrics series carry a `worker` label.
+    workers: int = DEFAULT_WORKERS
     browse: str = DEFAULT_BROWSE
     # Every HTTP route but /healthz and /readyz wants `Authorization: Bearer <http_token>` when it is set.
     http_token: str = field(default="", repr=False)

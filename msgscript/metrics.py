@@ -59,11 +59,30 @@ class _Histogram:
         return cumulative
 
 
+class _WorkerLabelled:
+    """Every sample of another registry's families, with the label `worker="<index>"` added."""
+
+    def __init__(self, source: CollectorRegistry, worker: str) -> None:
+        self._source = source
+        self._worker = worker
+
+    def describe(self) -> list[Metric]:
+        """Nothing: the names are the source registry's to check."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """The source's families of this moment, labelled."""
+        for family in self._source.collect():
+            family.samples = [s._replace(labels={**s.labels, "worker": self._worker}) for s in family.samples]
+            yield family
+
+
 class Metrics:
     """The metrics of one daemon, in a registry of its own: several daemons may share a process (tests do).
 
     `in_flight`, `scripts_loaded` and `nats_reconnects` are read when the registry is collected; `in_flight_limit`
-    is `-max-in-flight`. Record and collect on the event loop only.
+    is `-max-in-flight`. With `worker` (one of several worker processes: its index), every sample carries the label
+    `worker="<index>"`. Record and collect on the event loop only.
     """
 
     def __init__(
@@ -73,6 +92,7 @@ class Metrics:
         in_flight_limit: int,
         scripts_loaded: Callable[[], float],
         nats_reconnects: Callable[[], float],
+        worker: str = "",
     ) -> None:
         self._in_flight = in_flight
         self._in_flight_limit = in_flight_limit
@@ -84,10 +104,13 @@ class Metrics:
         self._durations: dict[str, _Histogram] = {}
         self._lock_wait = _Histogram(LOCK_WAIT_BUCKETS_S)
         self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        self.registry.register(self)
+        families = CollectorRegistry() if worker else self.registry
+        ProcessCollector(registry=families)
+        PlatformCollector(registry=families)
+        GCCollector(registry=families)
+        families.register(self)
+        if worker:
+            self.registry.register(_WorkerLabelled(families, worker))
 
     def count_message(self, source: Source) -> None:
         """One message arrived over NATS, one gateway request for a subject with scripts, or one durable delivery

@@ -1,21 +1,28 @@
-"""The supervisor: the `msgscript` process that owns what must outlive a worker, and keeps one running.
+"""The supervisor: the `msgscript` process that owns what must outlive a worker, and keeps `-workers` running.
 
-The daemon is two processes. The supervisor parses nothing and runs no script: it starts the embedded NATS
-server when one is needed, binds the HTTP port, then forks the worker (msgscript.app), which does all the
-work, and watches it:
+The daemon is a supervisor and its workers. The supervisor parses nothing and runs no script: it starts the
+embedded NATS server when one is needed, binds the HTTP port, then forks one worker (msgscript.app) per slot
+(`settings.workers` of them), which does all the work, and watches them. Each worker has its own NATS
+connection in the queue group and its own store; it learns its slot's index from WORKER_VARIABLE.
 
-- SIGTERM, SIGINT, SIGHUP and SIGQUIT go to the worker, which drains; the supervisor then stops the
-  embedded NATS server and exits with the worker's status.
-- A worker that dies unexpectedly is started again, after a backoff that doubles up to RESTART_MAX_S. A
-  worker that cannot start says why over its channel; when the first one fails so, the supervisor stops and
-  raises that reason as a ConfigError, for the command to print.
+- With one slot the workers accept on one listening socket. With several, each slot has sockets of its own
+  on the same port (SO_REUSEPORT): the kernel spreads new connections evenly over the slots, where workers
+  sharing one socket would take them in bursts, whichever woke first. A slot's sockets outlive its workers;
+  while the slot has none (a worker died and waits for its restart) they stop listening, so that new
+  connections go to the other slots, and listen again just before the next worker of the slot is forked.
+- SIGTERM, SIGINT, SIGHUP and SIGQUIT go to every worker, which drains; the supervisor then stops the
+  embedded NATS server and exits 0 when every worker stopped cleanly, else with a failed worker's status.
+- A worker that dies unexpectedly is started again, after a backoff of its slot's that doubles up to
+  RESTART_MAX_S. A worker that cannot start says why over its channel; when one fails so before any worker
+  was ever ready, the supervisor stops and raises that reason as a ConfigError, for the command to print.
 - A worker can ask to be replaced: when an execution stays stuck in a C call long past its deadline, only
   a new process gets its thread back. The supervisor starts a successor on the same NATS queue group and
   the same (inherited) listening socket; once the successor is ready, the old worker is sent SIGTERM and
   drains as on shutdown, so nothing in flight is lost.
 
 The supervisor is single-threaded and never runs an event loop, so forking it is safe; a worker dies with
-it (PR_SET_PDEATHSIG), so killing the supervisor stops the daemon.
+it (PR_SET_PDEATHSIG), so killing the supervisor stops the daemon. Replacement works per slot: a successor
+takes its predecessor's slot, index and sockets.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from msgscript import _libc
-from msgscript.config import Settings
+from msgscript.config import WORKER_VARIABLE, Settings
 from msgscript.embedded_nats import EmbeddedNats
 from msgscript.errors import ConfigError
 
@@ -95,6 +102,7 @@ class _State(enum.Enum):
 class _Worker:
     pid: int
     channel: int
+    slot: int
     state: _State = _State.STARTING
     ready_at: float = 0.0
     replaces: _Worker | None = None
@@ -102,8 +110,9 @@ class _Worker:
     """What the worker said after _FAILED: why it could not start."""
 
 
-def bind_listeners(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for the HTTP gateway on every address `host` resolves to (all of them for "").
+def bind_listeners(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets for the HTTP gateway on every address `host` resolves to (all of them for ""); with
+    `reuse_port`, other sockets of this user may bind the same addresses and share their connections.
 
     Raises:
         ConfigError: an address cannot be bound (in use, not local, unresolvable).
@@ -123,6 +132,8 @@ def bind_listeners(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, kind, proto)
             listeners.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
@@ -142,22 +153,25 @@ class Supervisor:
         self._settings = settings
         self._worker_main = worker_main
         self._workers: dict[int, _Worker] = {}
-        self._current: _Worker | None = None
-        self._listeners: list[socket.socket] = []
+        self._current: dict[int, _Worker] = {}
+        """The worker serving each slot (a successor becomes it once ready); a slot waiting for a restart has none."""
+        self._listeners: list[list[socket.socket]] = []
+        """Each slot's listening sockets."""
+        self._listening: list[bool] = []
         self._nats: EmbeddedNats | None = None
         self._selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = os.pipe()
         self._stopping = False
         self._stop_deadline = 0.0
         self._status: int | None = None
-        self._restart_at = 0.0
-        self._backoff_s = RESTART_MIN_S
+        self._restart_at: dict[int, float] = {}
+        self._backoff_s: dict[int, float] = {}
         self._ever_ready = False
         self._start_failure = ""
         self._received: set[int] = set()
 
     def run(self) -> int:
-        """Run until shutdown; returns the exit status (the worker's).
+        """Run until shutdown; returns the exit status (0, or a worker's that failed).
 
         Raises:
             ConfigError: the embedded NATS server or the HTTP port could not be had, or the first worker could not
@@ -172,7 +186,7 @@ class Supervisor:
             for fd in (self._wakeup_r, self._wakeup_w):
                 os.close(fd)
             self._selector.close()
-            for sock in self._listeners:
+            for sock in {sock for slot in self._listeners for sock in slot}:
                 sock.close()
             if self._nats is not None:
                 self._nats.stop()
@@ -187,21 +201,64 @@ class Supervisor:
             if not self._nats.start(should_stop=self._signalled):
                 return 0
             self._settings = dataclasses.replace(settings, nats_url=self._nats.url)
-        self._listeners = bind_listeners(settings.http_host, settings.http_port)
-        self._spawn(replaces=None)
+        self._listeners = self._bind(settings)
+        self._listening = [True] * settings.workers
+        for slot in range(settings.workers):
+            self._spawn(slot, replaces=None)
         while self._status is None or self._workers:
             self._wait_for_events()
             if self._signalled():
                 self._begin_stop()
             if self._stopping and time.monotonic() > self._stop_deadline:
                 for worker in self._workers.values():
-                    log.error("worker pid=%d did not stop in time, killing it", worker.pid)
+                    log.error("%s did not stop in time, killing it", self._name(worker))
                     self._kill(worker.pid, signal.SIGKILL)
                 self._stop_deadline = math.inf
-            if not self._stopping and self._current is None and 0 < self._restart_at <= time.monotonic():
-                self._restart_at = 0.0
-                self._spawn(replaces=None)
+            now = time.monotonic()
+            for slot, restart_at in list(self._restart_at.items()):
+                if not self._stopping and slot not in self._current and restart_at <= now:
+                    del self._restart_at[slot]
+                    self._spawn(slot, replaces=None)
         return self._status
+
+    @staticmethod
+    def _bind(settings: Settings) -> list[list[socket.socket]]:
+        """The sockets of every slot; all bound before any worker starts, so that a busy port fails the start."""
+        if settings.workers == 1:
+            return [bind_listeners(settings.http_host, settings.http_port)]
+        slots = [bind_listeners(settings.http_host, settings.http_port, reuse_port=True)]
+        # Port 0 (any free port) is resolved by the first slot; the others share the port it got.
+        port = slots[0][0].getsockname()[1] if slots[0] else settings.http_port
+        try:
+            for _ in range(1, settings.workers):
+                slots.append(bind_listeners(settings.http_host, port, reuse_port=True))
+        except ConfigError:
+            for sock in (sock for slot in slots for sock in slot):
+                sock.close()
+            raise
+        return slots
+
+    def _set_listening(self, slot: int, listening: bool) -> None:
+        """Stop or resume listening on a slot's own sockets (SO_REUSEPORT only: with one slot they stay as they are).
+
+        A listening socket that is shut down leaves the port's group, its queued connections are reset, and new ones
+        go to the other slots; it can listen again.
+        """
+        if self._settings.workers == 1 or self._listening[slot] == listening:
+            return
+        self._listening[slot] = listening
+        for sock in self._listeners[slot]:
+            with contextlib.suppress(OSError):
+                if listening:
+                    sock.listen(socket.SOMAXCONN)
+                else:
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def _name(self, worker: _Worker) -> str:
+        """How the log names a worker: its pid, and its index when there are several."""
+        if self._settings.workers == 1:
+            return f"worker pid={worker.pid}"
+        return f"worker pid={worker.pid} index={worker.slot}"
 
     # Signals: the handlers only note them (the start-up wait for the embedded NATS server reads that); in
     # the loop, the wakeup fd brings each signal's number.
@@ -218,7 +275,9 @@ class Supervisor:
         return not self._received.isdisjoint(SHUTDOWN_SIGNALS)
 
     def _wait_for_events(self) -> None:
-        wake_at = min(self._restart_at or math.inf, self._stop_deadline if self._stopping else math.inf)
+        wake_at = min(self._restart_at.values(), default=math.inf)
+        if self._stopping:
+            wake_at = self._stop_deadline
         timeout_s = None if wake_at == math.inf else max(0.0, wake_at - time.monotonic())
         for key, _ in self._selector.select(timeout_s):
             if key.fd == self._wakeup_r:
@@ -230,21 +289,22 @@ class Supervisor:
 
     # Workers.
 
-    def _spawn(self, replaces: _Worker | None) -> None:
+    def _spawn(self, slot: int, replaces: _Worker | None) -> None:
+        self._set_listening(slot, True)
         channel_r, channel_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(channel_w)
+            self._become_worker(slot, channel_w)
         os.close(channel_w)
         os.set_blocking(channel_r, False)
-        worker = _Worker(pid=pid, channel=channel_r, replaces=replaces)
+        worker = _Worker(pid=pid, channel=channel_r, slot=slot, replaces=replaces)
         self._workers[pid] = worker
         if replaces is None:
-            self._current = worker
+            self._current[slot] = worker
         self._selector.register(channel_r, selectors.EVENT_READ)
-        log.info("started worker pid=%d", pid)
+        log.info("started %s", self._name(worker))
 
-    def _become_worker(self, channel: int) -> NoReturn:
+    def _become_worker(self, slot: int, channel: int) -> NoReturn:
         status = 1
         try:
             signal.set_wakeup_fd(-1)
@@ -258,7 +318,13 @@ class Supervisor:
             devnull = os.open(os.devnull, os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-            status = self._worker_main(self._settings, self._listeners, WorkerLink(channel))
+            listeners = self._listeners[slot]
+            for sock in {sock for other in self._listeners for sock in other} - set(listeners):
+                sock.close()
+            # Scripts (os.getenv), their commands and the worker's own parts see which worker this is.
+            os.environ[WORKER_VARIABLE] = str(slot)
+            settings = dataclasses.replace(self._settings, env={**self._settings.env, WORKER_VARIABLE: str(slot)})
+            status = self._worker_main(settings, listeners, WorkerLink(channel))
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -319,22 +385,22 @@ class Supervisor:
         worker.state = _State.READY
         worker.ready_at = time.monotonic()
         self._ever_ready = True
-        log.info("worker pid=%d ready", worker.pid)
+        log.info("%s ready", self._name(worker))
         old, worker.replaces = worker.replaces, None
         if old is not None:
-            self._current = worker
+            self._current[worker.slot] = worker
             if old.pid in self._workers and old.state is not _State.RETIRING:
-                log.info("worker pid=%d replaces pid=%d, which now drains", worker.pid, old.pid)
+                log.info("%s replaces pid=%d, which now drains", self._name(worker), old.pid)
                 old.state = _State.RETIRING
                 self._kill(old.pid, signal.SIGTERM)
 
     def _on_replace_request(self, worker: _Worker) -> None:
-        if self._stopping or worker is not self._current or worker.state is not _State.READY:
+        if self._stopping or worker is not self._current.get(worker.slot) or worker.state is not _State.READY:
             return
         if any(w.replaces is worker for w in self._workers.values()):
             return  # a successor is starting already
-        log.warning("worker pid=%d asked to be replaced; starting a new worker", worker.pid)
-        self._spawn(replaces=worker)
+        log.warning("%s asked to be replaced; starting a new worker", self._name(worker))
+        self._spawn(worker.slot, replaces=worker)
 
     def _reap(self) -> None:
         while True:
@@ -357,38 +423,44 @@ class Supervisor:
             self._selector.unregister(worker.channel)
         os.close(worker.channel)
         how = f"status {code}" if code >= 0 else f"signal {-code}"
-        if reason and (self._stopping or worker.replaces is not None or self._ever_ready):
+        if reason and reason != self._start_failure and (self._stopping or worker.replaces or self._ever_ready):
             log.critical("%s", reason)  # only the first worker's reason ends the daemon (run raises it)
+        name = self._name(worker)
         if self._stopping:
-            log.info("worker pid=%d exited (%s)", worker.pid, how)
-            if worker is self._current or self._status is None:
-                # Our SIGTERM can land before a starting worker handles it: that is a clean stop too.
-                self._status = 0 if code == -signal.SIGTERM else code if code >= 0 else 1
+            log.info("%s exited (%s)", name, how)
+            # Our SIGTERM can land before a starting worker handles it: that is a clean stop too.
+            status = 0 if code == -signal.SIGTERM else code if code >= 0 else 1
+            if self._status is None or (self._status == 0 and worker is self._current.get(worker.slot)):
+                self._status = status  # the first failure of a serving worker is the daemon's
             return
         if worker.state is _State.RETIRING:
-            log.info("replaced worker pid=%d exited (%s)", worker.pid, how)
+            log.info("replaced %s exited (%s)", name, how)
             return
         if worker.replaces is not None:
-            log.error("replacement worker pid=%d exited before it was ready (%s)", worker.pid, how)
+            log.error("replacement %s exited before it was ready (%s)", name, how)
             return
-        self._current = None
+        slot = worker.slot
+        self._current.pop(slot, None)
         if not self._ever_ready:
             # The first start failed (bad settings, NATS unreachable, ...): run raises the reason the worker gave.
             self._status = code if code > 0 else 1
             self._start_failure = reason
             self._begin_stop()
             return
+        # Until the slot has a worker again, its connections go to the other slots.
+        self._set_listening(slot, False)
+        backoff_s = self._backoff_s.get(slot, RESTART_MIN_S)
         if worker.ready_at and time.monotonic() - worker.ready_at > HEALTHY_AFTER_S:
-            self._backoff_s = RESTART_MIN_S
-        log.error("worker pid=%d exited unexpectedly (%s); starting another in %gs", worker.pid, how, self._backoff_s)
-        self._restart_at = time.monotonic() + self._backoff_s
-        self._backoff_s = min(RESTART_MAX_S, self._backoff_s * 2)
+            backoff_s = RESTART_MIN_S
+        log.error("%s exited unexpectedly (%s); starting another in %gs", name, how, backoff_s)
+        self._restart_at[slot] = time.monotonic() + backoff_s
+        self._backoff_s[slot] = min(RESTART_MAX_S, backoff_s * 2)
 
     def _begin_stop(self) -> None:
         if self._stopping:
             return
         self._stopping = True
-        self._restart_at = 0.0
+        self._restart_at.clear()
         self._stop_deadline = time.monotonic() + self._settings.grace_period_s + KILL_MARGIN_S
         for worker in self._workers.values():
             self._kill(worker.pid, signal.SIGTERM)

@@ -15,6 +15,7 @@ from msgscript.cli.main import cli
 from msgscript.message import Reply
 from tests.processes import daemon_running, run_msgscriptcli
 from tests.servers import NatsServer, free_port
+from tests.test_cluster import answers, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [
@@ -69,6 +70,7 @@ async def test_the_project_is_served_by_the_daemon(
     command = ("-script", str(project / "scripts"), "-library", str(project / "libraries"))
     command += ("-natsurl", nats_server.url, "-http-host", "127.0.0.1", "-port", str(port))
     async with daemon_running(*command):
+        await wait_until(lambda: answers(nc, "funcs.hello"), 10)
         reply = Reply.from_json((await nc.request("funcs.hello", b"world", timeout=10)).data)
         assert [(r.payload, r.error) for r in reply.results or ()] == [(b"Hello, world!", "")]
 

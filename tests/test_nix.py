@@ -24,6 +24,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from msgscript.cli.server import command as daemon_command
+from msgscript.cli.server import core_count
 from msgscript.lua.plugin_loader import plugin_files
 from tests.servers import missing
 
@@ -278,7 +279,7 @@ def test_nats_url_is_passed_when_set(render: Render) -> None:
 def test_our_options_become_daemon_flags_and_extra_args_come_last(render: Render) -> None:
     rendered = render(
         '{ enable = true; port = 8080; queueGroup = "workers"; timeout = "1m30s"; maxMemory = "64MiB";'
-        ' maxInFlight = 32; extraArgs = [ "-log" "debug" "-browse" "off" ]; }'
+        ' maxInFlight = 32; workers = 3; extraArgs = [ "-log" "debug" "-browse" "off" ]; }'
     )
     args = flags(rendered)
     assert args[-4:] == ["-log", "debug", "-browse", "off"]
@@ -288,12 +289,13 @@ def test_our_options_become_daemon_flags_and_extra_args_come_last(render: Render
     assert params["script_timeout_s"] == 90.0
     assert params["max_memory_bytes"] == 64 * 1024 * 1024
     assert params["max_in_flight"] == 32
+    assert params["workers"] == 3
     assert params["log_level"] == "debug"
 
 
 def test_null_options_leave_the_daemons_defaults(render: Render) -> None:
     args = flags(render("{ enable = true; }"))
-    for flag in ("-queue-group", "-timeout", "-max-memory", "-max-in-flight", "-natsurl", "-plugin"):
+    for flag in ("-queue-group", "-timeout", "-max-memory", "-max-in-flight", "-workers", "-natsurl", "-plugin"):
         assert not any(arg.startswith(flag) for arg in args), flag
 
 
@@ -316,6 +318,13 @@ def test_watch_and_production_become_daemon_flags(render: Render) -> None:
     # Only the file backend has directories to follow.
     args = flags(render('{ enable = true; backend = "etcd"; watch = false; }'))
     assert not any(arg.startswith("-watch") for arg in args)
+
+
+def test_workers_auto_is_the_daemons_auto(render: Render) -> None:
+    args = flags(render('{ enable = true; workers = "auto"; }'))
+    assert args[args.index("-workers") + 1] == "auto"
+    assert accepted_by_daemon(args)["workers"] == core_count()
+    assert accepted_by_daemon(flags(render("{ enable = true; }")))["workers"] == 1
 
 
 def test_values_are_quoted_for_systemd(render: Render) -> None:
@@ -390,6 +399,8 @@ def test_data_dir_outside_var_lib(render: Render) -> None:
         ('timeout = "soon"', "services.msgscript.timeout' is not of type"),
         ('maxMemory = "lots"', "services.msgscript.maxMemory' is not of type"),
         ("maxInFlight = 0", "services.msgscript.maxInFlight' is not of type"),
+        ("workers = 0", "services.msgscript.workers' is not of type"),
+        ('workers = "all"', "services.msgscript.workers' is not of type"),
         ('plugins = [ "/tmp/plugins" ]', "services.msgscript.plugins' is not of type `list of package'"),
         ('bundledPlugins = [ "nope" ]', "services.msgscript.bundledPlugins' is not of type"),
         ('enableTelemetry = "yes"', "services.msgscript.enableTelemetry' is not of type `boolean'"),

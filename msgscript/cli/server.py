@@ -22,6 +22,28 @@ from msgscript.supervisor import WorkerLink, supervise
 T = TypeVar("T")
 
 
+def core_count() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
+
+
+class WorkersType(click.ParamType):  # type: ignore[type-arg]
+    """`-workers`: a positive count, or `auto` for one per core."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        """Parse the count; `auto` is the number of cores."""
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text == "auto":
+            return core_count()
+        if not text.isdecimal() or int(text) < 1:
+            self.fail(f"{value!r} is not a positive number of workers or auto", param, ctx)
+        return int(text)
+
+
 def run_async(main: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on uvloop when it is installed, else on the default loop."""
     try:
@@ -234,6 +256,15 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     show_default=True,
     help="On shutdown, how long in-flight work may take to finish.",
 )
+@go_flag(
+    "workers",
+    type=WorkersType(),
+    metavar="N|auto",
+    default=str(config.DEFAULT_WORKERS),
+    show_default=True,
+    help="Worker processes, each with its own NATS connection in the queue group, sharing the HTTP port; "
+    f"auto: one per core. Scripts see their worker's index in {config.WORKER_VARIABLE}.",
+)
 @go_flag("http-host", default=config.DEFAULT_HTTP_HOST, show_default=True, help="HTTP gateway address.")
 @go_flag(
     "browse",
@@ -297,6 +328,7 @@ def command(
     wasm_threads: int,
     podman_concurrency: int,
     grace_period_s: float,
+    workers: int,
     http_host: str,
     browse: str,
     no_browse: bool,
@@ -365,6 +397,7 @@ def command(
         wasm_threads=wasm_threads,
         podman_concurrency=podman_concurrency,
         grace_period_s=grace_period_s,
+        workers=workers,
         browse=config.BROWSE_OFF if no_browse else browse,
         http_token=token,
         metrics=not no_metrics,

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from msgscript.catalog import Catalog
-from msgscript.config import BROWSE_MODES, BROWSE_OFF, Settings
+from msgscript.config import BROWSE_MODES, BROWSE_OFF, WORKER_VARIABLE, Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
 from msgscript.http import pages
@@ -50,6 +50,9 @@ if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
     from msgscript.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+WORKER_HEADER = "Msgscript-Worker"
+"""On /healthz, /readyz and /metrics when there are several workers: the index of the worker that answered."""
 
 # Characters Go leaves unescaped in a URL path.
 _PATH_SAFE = "/!$&'()*+,;=:@~"
@@ -117,6 +120,17 @@ def _always_ready() -> str:
     return ""
 
 
+def naming_worker(handler: Handler, worker: str) -> Handler:
+    """`handler`, whose responses say which worker answered (WORKER_HEADER)."""
+
+    async def named(request: web.Request) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers[WORKER_HEADER] = worker
+        return response
+
+    return named
+
+
 def build_app(
     dispatcher: Dispatcher,
     catalog: Catalog,
@@ -155,14 +169,20 @@ def build_app(
     if durable is not None:
         app[DURABLE] = durable
     router = app.router
+    # With several workers, a probe or a scrape reaches one of them: the answer says which.
+    worker = settings.env.get(WORKER_VARIABLE, "0") if settings.workers > 1 else ""
+
+    def own(handler: Handler) -> Handler:
+        return naming_worker(handler, worker) if worker else handler
+
     # Exact paths, registered before the gateway: a subject of the same name is reached as /<subject>/... only.
-    router.add_route("*", HEALTHZ_PATH, handle_healthz)
-    router.add_route("*", READYZ_PATH, handle_readyz)
+    router.add_route("*", HEALTHZ_PATH, own(handle_healthz))
+    router.add_route("*", READYZ_PATH, own(handle_readyz))
     if metrics is None:
         router.add_route("*", METRICS_PATH, handle_metrics_off)
     else:
         app[METRICS] = metrics
-        router.add_route("*", METRICS_PATH, handle_metrics)
+        router.add_route("*", METRICS_PATH, own(handle_metrics))
     router.add_route("*", "/favicon.ico", handle_favicon)
     # The README has no script data, but it follows the browse mode with the pages it links to.
     router.add_route("*", "/", browse_page(pages.handle_readme, browse))

@@ -106,6 +106,7 @@ let
   ++ flag "-timeout" cfg.timeout
   ++ flag "-max-memory" cfg.maxMemory
   ++ flag "-max-in-flight" cfg.maxInFlight
+  ++ flag "-workers" cfg.workers
   # Following the script directory is the daemon's default; only turning it off is a flag.
   ++ optional (cfg.backend == "file" && !cfg.watch) "-watch=false"
   ++ optional cfg.production "-production"
@@ -271,6 +272,16 @@ in
       type = types.nullOr types.ints.positive;
       default = null;
       description = "Messages and requests handled at once (`-max-in-flight`). null: the daemon's default, 256.";
+    };
+
+    workers = mkOption {
+      type = types.nullOr (types.either types.ints.positive (types.enum [ "auto" ]));
+      default = null;
+      example = "auto";
+      description = ''
+        Worker processes, each with its own NATS connection in the queue group, sharing the HTTP
+        port (`-workers`); `"auto"`: one per core. null: the daemon's default, 1.
+      '';
     };
 
     watch = mkOption {
