@@ -23,8 +23,6 @@ import click
 import nats
 import pytest
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 
 from msgscript.app import running
 from msgscript.cli.server import command as daemon_command
@@ -39,6 +37,7 @@ from tests.conftest import fixture_settings
 from tests.processes import daemon_running
 from tests.servers import NatsServer, free_port
 from tests.test_cli_devhttp import devhttp
+from tests.test_etcd_store import answer, answers_with, has_no_responders
 
 WITHIN_S = 2.0
 """The deadline of a change that must show (the watch shows it in about 0.1 s; the product promises 1 s)."""
@@ -328,32 +327,6 @@ def test_the_watch_flag_refuses_what_go_refuses() -> None:
 
 
 # -- a daemon ----------------------------------------------------------------------------------------------------
-
-
-async def answer(nc: nats.NATS, subject: str, data: bytes = b"John") -> bytes | str:
-    """The single result's payload, or its error text."""
-    msg = await nc.request(subject, data, timeout=T)
-    reply = Reply.from_json(msg.data)
-    assert reply.results is not None and len(reply.results) == 1, reply
-    result = reply.results[0]
-    return result.error or (result.payload or b"")
-
-
-async def answers_with(nc: nats.NATS, subject: str, expected: bytes) -> bool:
-    try:
-        return await answer(nc, subject) == expected
-    except NoRespondersError:
-        return False
-
-
-async def has_no_responders(nc: nats.NATS, subject: str) -> bool:
-    try:
-        await nc.request(subject, b"", timeout=1)
-    except NoRespondersError:
-        return True
-    except NatsTimeout:
-        return False  # reached the subscription as it was drained: ask again
-    return False
 
 
 async def test_a_daemon_follows_the_files_over_nats_and_http(
