@@ -15,14 +15,9 @@ from msgscript.errors import ConfigError, LibraryNotFound, StoreError
 from msgscript.script import Script, parse_script
 from msgscript.store.file_store import FileStore
 from msgscript.store.script_files import library_file_name, script_file_name
+from tests.test_cli_scripts import write
 
 HELLO = "--* subject: funcs.hello\n--* name: hello\nfunction OnMessage(subject, payload) return payload end\n"
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(text.encode())
-    return path
 
 
 @pytest.fixture
