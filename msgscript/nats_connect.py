@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import nkeys
 from nats import errors
-from nats.aio.client import Client, RawCredentials
+from nats.aio.client import RawCredentials
 
 from msgscript.config import NATS_CONNECT_TIMEOUT_S, Settings
 from msgscript.errors import ConfigError
+from msgscript.nats_client import NatsClient
 from msgscript.tls import client_tls_context, describe_os_error, read_text_file
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ _CREDS_SEED = re.compile(r"-{3,}\s*BEGIN USER NKEY SEED\s*-{3,}\s*(\S+)")
 
 def _check_user_seed(seed: str, where: str) -> None:
     """Refuse anything but a NATS user's NKey seed (`SU…`); the seed itself never appears in the message."""
+    # Imported here, as nats-py does: nkeys and PyNaCl weigh about 1 MB that a daemon without NKeys never needs.
+    import nkeys
+
     try:
         role, _ = nkeys.decode_seed(seed.encode())
     except (nkeys.NkeysError, ValueError) as exc:
@@ -148,22 +151,6 @@ def nats_connect_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-class NatsClient(Client):
-    """A nats-py client that, when given a TLS context, never talks in plain text.
-
-    nats-py upgrades to TLS only when the server requires it; a server offering no TLS (or a
-    man in the middle hiding it) would get our credentials and messages in the clear. Given `tls`,
-    this client insists on the upgrade and refuses a server that does not offer TLS.
-    """
-
-    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
-        if initial_connection and "tls" in self.options:
-            if not (info.get("tls_required") or info.get("tls_available")):
-                raise errors.SecureConnWantedError
-            info["tls_required"] = True
-        await super()._process_info(info, initial_connection)
-
-
 def _is_refusal(exc: Exception) -> bool:
     """True for a failure that trying again cannot mend: credentials or certificate refused, no TLS."""
     if isinstance(exc, ssl.SSLError | errors.AuthorizationError | errors.SecureConnWantedError):
@@ -185,7 +172,7 @@ def _describe(exc: Exception) -> str:
 ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
-async def connect_client(url: str, *, error_cb: ErrorCallback | None = None, **options: Any) -> Client:
+async def connect_client(url: str, *, error_cb: ErrorCallback | None = None, **options: Any) -> NatsClient:
     """Connect to url within NATS_CONNECT_TIMEOUT_S with nats.connect's keyword `options`.
 
     While nothing answers (refused, unreachable), the attempt goes on until the time is up; errors seen
@@ -234,7 +221,7 @@ async def connect_client(url: str, *, error_cb: ErrorCallback | None = None, **o
 
 
 @contextlib.asynccontextmanager
-async def connect_nats(settings: Settings) -> AsyncIterator[Client]:
+async def connect_nats(settings: Settings) -> AsyncIterator[NatsClient]:
     """Connect to `settings.nats_url` with automatic reconnection; drain on exit.
 
     The embedded server (no URL given) is the supervisor's to start; it hands the worker its URL.

@@ -8,7 +8,6 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -18,6 +17,7 @@ from msgscript.config import NATS_CONNECT_TIMEOUT_S, Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.inflight import InFlightLimit
 from msgscript.message import Message, Reply, decode_message
+from msgscript.nats_client import DirectHandler, NatsClient
 from msgscript.store.base import Resync
 from msgscript.subjects import has_wildcards, is_valid_pattern, is_valid_subject, matches
 
@@ -53,7 +53,8 @@ def confine_subject(message: Message, arrival: str, subscription: str) -> Messag
 class NatsSubscriber:
     """Subscribes every script subject and the internal subjects, and runs each message within the in-flight bound.
 
-    A message whose script finishes without waiting (`Dispatcher.dispatch_now`) is answered in the
+    A message whose script finishes without waiting (`Dispatcher.dispatch_now`) is answered as soon as it is
+    read, when an in-flight slot is free (the client's direct path, see msgscript.nats_client), or else in the
     subscription's callback; every other message runs as a task of its own.
 
     Where script subjects overlap (`funcs.*` and `funcs.a`), NATS picks one subscription per queue
@@ -64,7 +65,7 @@ class NatsSubscriber:
 
     def __init__(
         self,
-        nc: Client,
+        nc: NatsClient,
         dispatcher: Dispatcher,
         catalog: Catalog,
         settings: Settings,
@@ -147,8 +148,8 @@ class NatsSubscriber:
                 self._release(subject, self._subs.pop(subject))
                 log.info("unsubscribed subject=%s", subject)
             for subject in sorted(wanted - current):
-                self._subs[subject] = await self._nc.subscribe(
-                    subject, queue=self._queue, cb=self._script_handler(subject)
+                self._subs[subject] = await self._nc.subscribe_direct(
+                    subject, self._queue, self._script_handler(subject), self._direct_handler(subject)
                 )
                 log.debug("subscribed subject=%s queue=%s", subject, self._queue)
             self._literal = {s for s in wanted if not has_wildcards(s)}
@@ -163,39 +164,68 @@ class NatsSubscriber:
             candidates.append(subject)
         return min(candidates) if candidates else None
 
+    def _takes(self, subject: str, pattern: str) -> bool:
+        """Whether a message that came through subscription `pattern` is ours to run (counted when it is)."""
+        if subject.startswith("_INBOX."):
+            return False
+        if not self._queue and self._patterns and self._owner(subject) != pattern:
+            return False
+        if self._metrics is not None:
+            self._metrics.count_message("nats")  # on arrival, before it may wait for a slot
+        return True
+
     def _script_handler(self, pattern: str) -> Callable[[Msg], Awaitable[None]]:
         async def on_message(msg: Msg) -> None:
-            if msg.subject.startswith("_INBOX."):
+            if not self._takes(msg.subject, pattern):
                 return
-            if not self._queue and self._patterns and self._owner(msg.subject) != pattern:
-                return
-            if self._metrics is not None:
-                self._metrics.count_message("nats")  # on arrival, before it may wait for a slot
             if tracing.enabled():
                 await self._spawn(self._handle(msg, pattern), msg.subject)
                 return
             # Waiting for a slot here holds back this subscription's delivery queue: back-pressure.
             await self._in_flight.acquire()
-            await self._answer_now(msg, pattern)
+            reply = self._answer_now(msg.subject, msg.reply, msg.data, pattern)
+            if reply is not None:
+                await self._respond_and_release(msg.reply, reply)
 
         return on_message
 
-    async def _answer_now(self, msg: Msg, subscription: str) -> None:
-        """Answer a message whose scripts finish without waiting right here, without a task of its own; hand the
-        others (and the slot taken for this one) to a task."""
+    def _direct_handler(self, pattern: str) -> DirectHandler:
+        async def on_direct(raw_subject: bytes, raw_reply: bytes, data: bytes) -> bool:
+            # Without a free slot the message waits in the subscription's queue, as every message used to.
+            if tracing.enabled() or not self._in_flight.try_acquire():
+                return False
+            subject = raw_subject.decode()
+            if not self._takes(subject, pattern):
+                self._in_flight.release()
+                return True
+            reply = self._answer_now(subject, raw_reply.decode(), data, pattern)
+            if reply is None:
+                return True
+            if raw_reply and self._nc.publish_now(raw_reply, self._reply_data(reply)):
+                self._in_flight.release()
+                return True
+            await self._respond_and_release(raw_reply.decode(), reply)
+            return True
+
+        return on_direct
+
+    def _answer_now(self, subject: str, reply_to: str, data: bytes, subscription: str) -> Reply | None:
+        """The reply to a message whose scripts finished without waiting, run right here; None when the message
+        (with the slot taken for it) went to a task of its own."""
         try:
-            message = confine_subject(decode_message(msg.subject, msg.data), msg.subject, subscription)
+            message = confine_subject(decode_message(subject, data), subject, subscription)
             reply = None if message.is_async else self._dispatcher.dispatch_now(message)
         except Exception:
-            log.exception("failed to handle message subject=%s", msg.subject)
-            reply = Reply(error="internal error while handling the message")
-        else:
-            if reply is None:
-                self._start(self._handle_message(msg, subscription, message), msg.subject)
-                return
+            log.exception("failed to handle message subject=%s", subject)
+            return Reply(error="internal error while handling the message")
+        if reply is None:
+            self._start(self._handle_message(subject, reply_to, data, subscription, message), subject)
+        return reply
+
+    async def _respond_and_release(self, reply_to: str, reply: Reply) -> None:
         try:
-            if msg.reply:
-                await self._respond(msg.reply, reply)
+            if reply_to:
+                await self._respond(reply_to, reply)
         finally:
             self._in_flight.release()
 
@@ -222,7 +252,7 @@ class NatsSubscriber:
 
     async def _handle(self, msg: Msg, subscription: str) -> None:
         if not tracing.enabled():
-            await self._handle_message(msg, subscription)
+            await self._handle_message(msg.subject, msg.reply, msg.data, subscription)
             return
         with tracing.span(
             "nats.handle_message",
@@ -230,26 +260,28 @@ class NatsSubscriber:
             parent=tracing.extract(msg.headers),  # the sender's span, when the message carries trace context
             attributes={"nats.subject": msg.subject, "nats.message_size": len(msg.data)},
         ):
-            await self._handle_message(msg, subscription)
+            await self._handle_message(msg.subject, msg.reply, msg.data, subscription)
 
-    async def _handle_message(self, msg: Msg, subscription: str, message: Message | None = None) -> None:
+    async def _handle_message(
+        self, subject: str, reply_to: str, data: bytes, subscription: str, message: Message | None = None
+    ) -> None:
         try:
             if message is None:
-                message = confine_subject(decode_message(msg.subject, msg.data), msg.subject, subscription)
-            if message.is_async and msg.reply:
-                await self._nc.publish(msg.reply, _ASYNC_ACK)
+                message = confine_subject(decode_message(subject, data), subject, subscription)
+            if message.is_async and reply_to:
+                await self._nc.publish(reply_to, _ASYNC_ACK)
             reply = await self._dispatcher.dispatch(message)
-            if not msg.reply:
+            if not reply_to:
                 return
             if not tracing.enabled():
-                await self._respond(msg.reply, reply)
+                await self._respond(reply_to, reply)
                 return
             with tracing.span("nats.handle_message.send_reply"):
-                await self._respond(msg.reply, reply)
+                await self._respond(reply_to, reply)
         except Exception:
-            log.exception("failed to handle message subject=%s", msg.subject)
-            if msg.reply:
-                await self._respond(msg.reply, Reply(error="internal error while handling the message"))
+            log.exception("failed to handle message subject=%s", subject)
+            if reply_to:
+                await self._respond(reply_to, Reply(error="internal error while handling the message"))
 
     async def _answer_internal(self, subject: str, msg: Msg) -> None:
         try:
@@ -260,12 +292,15 @@ class NatsSubscriber:
         if msg.reply:
             await self._respond(msg.reply, reply)
 
-    async def _respond(self, reply_subject: str, reply: Reply) -> None:
+    def _reply_data(self, reply: Reply) -> bytes:
+        """The reply's JSON, or an error in its place when it would not fit in a NATS message."""
         data = reply.to_json()
+        if len(data) > self._nc.max_payload:
+            data = Reply(error=f"reply of {len(data)} bytes exceeds the NATS max payload").to_json()
+        return data
+
+    async def _respond(self, reply_subject: str, reply: Reply) -> None:
         try:
-            if len(data) > self._nc.max_payload:
-                size = len(data)
-                data = Reply(error=f"reply of {size} bytes exceeds the NATS max payload").to_json()
-            await self._nc.publish(reply_subject, data)
+            await self._nc.publish(reply_subject, self._reply_data(reply))
         except Exception as exc:
             log.error("failed to send reply to %s: %s", reply_subject, exc)

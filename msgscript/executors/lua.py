@@ -35,12 +35,12 @@ log = logging.getLogger(__name__)
 
 ENTRY_FUNCTION = "OnMessage"
 INLINE_BUDGET_S = 0.0002
-"""How long an execution may run on the event loop before it moves to a worker thread."""
+"""How much CPU time an execution may use on the event loop before it moves to a worker thread."""
 INLINE_MAX_PAYLOAD_BYTES = 64 * 1024
 """Bigger payloads go straight to a worker: one C call over them could hold the event loop too long."""
 RETRY_INLINE_AFTER_S = 10.0
-"""How long a script that had to move runs on workers before it is tried inline again. The budget is counted
-in wall-clock time, so a fast script preempted on a busy machine moves too; it comes back after this."""
+"""How long a script that had to move runs on workers before it is tried inline again: one that is heavy for
+some messages only comes back for the others after this."""
 _REMEMBERED_SCRIPTS = 4096
 _INT64 = 2**63
 
@@ -212,7 +212,6 @@ class LuaExecutor:
         """Run one execution on this thread; None when an inline execution has to move to a worker."""
         sandbox = self._sandbox(inline)
         sources = (*ctx.libraries, script.content)
-        inline_until = min(ctx.deadline, time.monotonic() + INLINE_BUDGET_S) if inline else 0.0
         try:
             if script.html:
                 entry, first = _encode(message.method), _encode(message.url)
@@ -225,7 +224,7 @@ class LuaExecutor:
                 entry=entry,
                 args=(first, message.payload),
                 execution=execution,
-                inline_until=inline_until,
+                inline_budget_s=INLINE_BUDGET_S if inline else 0.0,
                 meta=None if message.delivery is None or script.html else message.delivery.to_lua(),
             )
         finally:

@@ -131,6 +131,7 @@ class LuaSandbox:
         self._current: Execution | None = None
         self._limit = 0
         self._inline_until = 0.0
+        self._inline_cpu_until = 0.0
         self._escalate = False
         self.lua = lupa51.LuaRuntime(
             encoding=None,
@@ -172,7 +173,7 @@ class LuaSandbox:
         entry: bytes,
         args: tuple[bytes, bytes],
         execution: Execution,
-        inline_until: float = 0.0,
+        inline_budget_s: float = 0.0,
         meta: Mapping[bytes, object] | None = None,
     ) -> Outcome:
         """Run the chunk made of `sources` (joined by newlines) in a fresh environment, then call `entry`.
@@ -180,20 +181,27 @@ class LuaSandbox:
         `key` identifies the sources in the compile cache. The entry global is called with `args`, and `meta`
         as a third argument (a table) when there is one; in HTML mode its three results come back converted
         (body, status, then header keys and values).
-        With `inline_until` (a time.monotonic() value) the execution is inline: it ends with ESCALATE
-        when it runs past that time or first reaches for something that may block or have effects
-        outside Lua (files, commands, print, modules other than `inline_modules`).
+        With `inline_budget_s` the execution is inline: it ends with ESCALATE once it has used that much CPU
+        time, or when it first reaches for something that may block or have effects outside Lua (files,
+        commands, print, modules other than `inline_modules`). The budget counts the thread's CPU time, not
+        wall-clock time: an execution the system preempts has not held the event loop, and a fast script on
+        a busy machine stays inline. The thread's CPU clock costs a system call: it is read as the execution
+        starts, and by a check only when the wall-clock time (never less than the CPU time) is past the budget.
         """
         chunk = self._chunk(key, sources)
         if isinstance(chunk, str):
             return Outcome(Status.CHUNK_ERROR, error=chunk)
         lua = self.lua
-        inline = inline_until > 0
+        inline = inline_budget_s > 0
         # The driver puts the cap on once lupa has pushed the arguments, and takes it off before it returns.
         room = min(self._max_memory, INLINE_MAX_MEMORY_BYTES) if inline else self._max_memory
         self._limit = lua.get_memory_used(total=True) + room + _ARM_HEADROOM_BYTES
         self._current = execution
-        self._inline_until = inline_until
+        if inline:
+            self._inline_until = time.monotonic() + inline_budget_s
+            self._inline_cpu_until = time.thread_time() + inline_budget_s
+        else:
+            self._inline_until = 0.0
         self._escalate = False
         # Made before the cap goes on, like the arguments lupa pushes.
         extra = None if meta is None else lua.table_from(meta)
@@ -247,7 +255,11 @@ class LuaSandbox:
         now = time.monotonic()
         if now > current.deadline or current.cancelled:
             return 1
-        return 2 if self._escalate or 0 < self._inline_until < now else 0
+        if self._escalate:
+            return 2
+        if 0 < self._inline_until < now and self._inline_cpu_until < time.thread_time():
+            return 2
+        return 0
 
     def _arm(self) -> int:
         """Put the cap on (after a Python call, or as the driver starts); answers as _check does."""

@@ -1,0 +1,119 @@
+"""The daemon's nats-py client: TLS when asked for it, and a direct path for the messages it answers at once.
+
+nats-py hands every message to its subscription's task: it builds a `Msg`, puts it in the subscription's
+queue, and the task takes it out and awaits the callback; a reply then goes through `publish`, which
+makes a future to wake the flusher. For a message answered in a few microseconds that plumbing costs
+more than the answer. A subscription with a direct handler (`subscribe_direct`) is offered each message
+as it is read, before any of that: the handler answers it there and then (`publish_now` queues the
+reply for the flusher), or declines, having done nothing, and the message goes the usual way.
+
+This relies on private parts of nats-py's client: `_process_msg` (where a parsed message arrives), `_subs`
+and `_remove_sub`, `_pending` with `_pending_data_size` and `_max_pending_size` (the commands the flusher
+writes), `_flush_queue` (what wakes the flusher) and `_status`. A nats-py without one of them gets no direct
+path (every message takes the usual way); tests/test_nats_client.py fails then, so that it is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats import errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+DirectHandler = Callable[[bytes, bytes, bytes], Awaitable[bool]]
+"""Called with a message's subject, reply subject and payload, before the message is queued: True when it
+handled the message, False (having done nothing) to leave it to the subscription's callback."""
+
+log = logging.getLogger(__name__)
+
+_FLUSHING_STATES = frozenset({Client.CONNECTED, Client.DRAINING_SUBS})
+_PRIVATE_METHODS = ("_process_msg", "_remove_sub")
+_PRIVATE_ATTRIBUTES = ("_subs", "_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_status")
+
+
+class NatsClient(Client):
+    """A nats-py client that, when given a TLS context, never talks in plain text, and that offers the messages
+    of some subscriptions to a direct handler first (`subscribe_direct`).
+
+    nats-py upgrades to TLS only when the server requires it; a server offering no TLS (or a
+    man in the middle hiding it) would get our credentials and messages in the clear. Given `tls`,
+    this client insists on the upgrade and refuses a server that does not offer TLS.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._direct: dict[int, DirectHandler] = {}
+        self._kick: asyncio.Future[None] | None = None
+        self.direct_path = all(callable(getattr(Client, name, None)) for name in _PRIVATE_METHODS) and all(
+            hasattr(self, name) for name in _PRIVATE_ATTRIBUTES
+        )
+        """Whether this nats-py has what the direct path relies on."""
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and "tls" in self.options:
+            if not (info.get("tls_required") or info.get("tls_available")):
+                raise errors.SecureConnWantedError
+            info["tls_required"] = True
+        await super()._process_info(info, initial_connection)
+
+    async def subscribe_direct(
+        self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]], direct: DirectHandler
+    ) -> Subscription:
+        """Subscribe `subject` in `queue` with callback `cb`; each message is offered to `direct` first.
+
+        A message goes to `cb` as usual when it has headers, when messages already wait in the subscription's
+        queue (they keep their order), or when `direct` declines it.
+        """
+        sub = await self.subscribe(subject, queue=queue, cb=cb)
+        if self.direct_path:
+            self._direct[sub._id] = direct
+        return sub
+
+    def _remove_sub(self, sid: int, max_msgs: int = 0) -> None:
+        self._direct.pop(sid, None)
+        super()._remove_sub(sid, max_msgs)
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        direct = self._direct.get(sid)
+        if direct is not None and not headers:
+            sub = self._subs.get(sid)
+            if sub is not None and sub._pending_queue.empty() and await self._offer(direct, subject, reply, data):
+                self.stats["in_msgs"] += 1
+                self.stats["in_bytes"] += len(data)
+                sub._received += 1
+                return
+        await super()._process_msg(sid, subject, reply, data, headers)
+
+    async def _offer(self, direct: DirectHandler, subject: bytes, reply: bytes, data: bytes) -> bool:
+        # The handler runs inside the read loop: whatever it raises must not end the connection.
+        try:
+            return await direct(subject, reply, data)
+        except Exception:
+            log.exception("the direct handler failed on a message on %s; the message is dropped", subject.decode())
+            return True
+
+    def publish_now(self, subject: bytes, payload: bytes) -> bool:
+        """Queue a message for the flusher without waiting, as `publish` would queue it; False, with nothing
+        queued, when it has to go through `publish` (not connected, or the pending buffer is full)."""
+        flush_queue = self._flush_queue
+        if not self.direct_path or self._status not in _FLUSHING_STATES or flush_queue is None or len(payload) > self._max_payload:
+            return False
+        command = b"PUB %b %d\r\n%b\r\n" % (subject, len(payload), payload)
+        if self._pending_data_size + len(command) > self._max_pending_size:
+            return False
+        self._pending.append(command)
+        self._pending_data_size += len(command)
+        self.stats["out_msgs"] += 1
+        self.stats["out_bytes"] += len(payload)
+        if flush_queue.empty():
+            # The flusher settles what it takes off its queue unless it is done already: one done future serves.
+            if self._kick is None:
+                self._kick = asyncio.get_running_loop().create_future()
+                self._kick.set_result(None)
+            flush_queue.put_nowait(self._kick)
+        return True
