@@ -11,9 +11,9 @@ from msgscript.message import Message, Result
 from msgscript.script import Script
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunContext:
-    """Per-run facts decided by the dispatcher."""
+    """Per-run facts decided by the dispatcher; made for every run, so not frozen (see msgscript.message)."""
 
     deadline: float
     """time.monotonic() value after which the run must stop."""
