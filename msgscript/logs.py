@@ -34,7 +34,12 @@ def _quote(value: str) -> str:
 
 
 class LogfmtFormatter(logging.Formatter):
-    """Formats records as logfmt, the shape of the Go server's logrus text output."""
+    """Formats records as logfmt, the shape of the Go server's logrus text output; with a `worker`, each line
+    ends with `worker=<index>` (a daemon with several workers)."""
+
+    def __init__(self, worker: str = "") -> None:
+        super().__init__()
+        self._suffix = f" worker={_quote(worker)}" if worker else ""
 
     def format(self, record: logging.LogRecord) -> str:
         """One logfmt line; a traceback follows on the next lines."""
@@ -42,7 +47,7 @@ class LogfmtFormatter(logging.Formatter):
         offset = time.strftime("%z", time.localtime(record.created))
         offset = offset[:3] + ":" + offset[3:] if offset else "Z"
         level = _LEVEL_NAMES.get(record.levelno, record.levelname.lower())
-        line = f"time={stamp}{offset} level={level} msg={_quote(record.getMessage())}"
+        line = f"time={stamp}{offset} level={level} msg={_quote(record.getMessage())}{self._suffix}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
@@ -56,10 +61,10 @@ def parse_level(name: str) -> int:
         raise ValueError(f"Invalid log level: {name}") from None
 
 
-def configure_logging(level: int) -> None:
-    """Send msgscript's logs to stderr as logfmt at `level`."""
+def configure_logging(level: int, *, worker: str = "") -> None:
+    """Send msgscript's logs to stderr as logfmt at `level`, each line naming `worker` when one is given."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogfmtFormatter())
+    handler.setFormatter(LogfmtFormatter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

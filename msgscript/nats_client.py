@@ -101,7 +101,9 @@ class NatsClient(Client):
         """Queue a message for the flusher without waiting, as `publish` would queue it; False, with nothing
         queued, when it has to go through `publish` (not connected, or the pending buffer is full)."""
         flush_queue = self._flush_queue
-        if not self.direct_path or self._status not in _FLUSHING_STATES or flush_queue is None or len(payload) > self._max_payload:
+        if not self.direct_path or self._status not in _FLUSHING_STATES or flush_queue is None:
+            return False
+        if len(payload) > self._max_payload:
             return False
         command = b"PUB %b %d\r\n%b\r\n" % (subject, len(payload), payload)
         if self._pending_data_size + len(command) > self._max_pending_size:

@@ -107,6 +107,10 @@ async def two_workers(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[
 async def test_two_workers_serve_nats_and_http(two_workers: tuple[Daemon, int], nats_server: NatsServer) -> None:
     daemon, port = two_workers
     pids = ready_workers(daemon)
+    # Each worker's own lines say which worker wrote them; the supervisor's do not.
+    watching = re.findall(r"msg=\"Starting message watch...\"( worker=\d)?", daemon.log)
+    assert sorted(watching) == [" worker=0", " worker=1"], daemon.log
+    assert re.search(r"worker pid=\d+ index=0 ready\"$", daemon.log, re.MULTILINE), daemon.log
     assert sorted(Proc(daemon.proc.pid).children()) == sorted(pids.values())
     # Both are in the queue group, and both accept on the port.
     assert set(await nats_answers(nats_server.url, "funcs.which", 40)) == {"0", "1"}

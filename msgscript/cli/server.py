@@ -421,6 +421,8 @@ def run_worker(settings: Settings, listeners: Sequence[socket.socket], link: Wor
     from msgscript import __version__, tracing
     from msgscript.app import serve
 
+    if settings.workers > 1:
+        configure_logging(logging.getLogger("msgscript").level, worker=settings.env.get(config.WORKER_VARIABLE, "0"))
     try:
         with tracing.configured(settings.env, __version__):
             run_async(serve(settings, listeners=listeners, link=link))
