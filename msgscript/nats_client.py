@@ -1,4 +1,9 @@
-"""The daemon's nats-py client: TLS when asked for it, and a direct path for the messages it answers at once.
+"""The daemon's nats-py client: TLS when asked for it, flushes that keep order, and a direct path for the messages
+it answers at once.
+
+nats-py writes a PING (what `flush` waits on the PONG of) to the socket at once, ahead of the commands still
+waiting for its flusher: a `flush` right after `subscribe` could return before the server had the
+subscription, and a request sent then got "no responders". Here a PING queues behind those commands.
 
 nats-py hands every message to its subscription's task: it builds a `Msg`, puts it in the subscription's
 queue, and the task takes it out and awaits the callback; a reply then goes through `publish`, which
@@ -9,8 +14,9 @@ reply for the flusher), or declines, having done nothing, and the message goes t
 
 This relies on private parts of nats-py's client: `_process_msg` (where a parsed message arrives), `_subs`
 and `_remove_sub`, `_pending` with `_pending_data_size` and `_max_pending_size` (the commands the flusher
-writes), `_flush_queue` (what wakes the flusher) and `_status`. A nats-py without one of them gets no direct
-path (every message takes the usual way); tests/test_nats_client.py fails then, so that it is noticed.
+writes), `_send_command`, `_flush_pending` and `_flush_queue` (what wakes the flusher), `_send_ping` with
+`_pongs`, and `_status`. A nats-py without one of them gets neither the direct path (every message takes the
+usual way) nor the ordered PING; tests/test_nats_client.py fails then, so that it is noticed.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats import errors
-from nats.aio.client import Client
+from nats.aio.client import PING_PROTO, Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -32,8 +38,16 @@ handled the message, False (having done nothing) to leave it to the subscription
 log = logging.getLogger(__name__)
 
 _FLUSHING_STATES = frozenset({Client.CONNECTED, Client.DRAINING_SUBS})
-_PRIVATE_METHODS = ("_process_msg", "_remove_sub")
-_PRIVATE_ATTRIBUTES = ("_subs", "_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_status")
+_PRIVATE_METHODS = ("_process_msg", "_remove_sub", "_send_ping", "_send_command", "_flush_pending")
+_PRIVATE_ATTRIBUTES = (
+    "_subs",
+    "_pending",
+    "_pending_data_size",
+    "_max_pending_size",
+    "_flush_queue",
+    "_status",
+    "_pongs",
+)
 
 
 class NatsClient(Client):
@@ -52,7 +66,7 @@ class NatsClient(Client):
         self.direct_path = all(callable(getattr(Client, name, None)) for name in _PRIVATE_METHODS) and all(
             hasattr(self, name) for name in _PRIVATE_ATTRIBUTES
         )
-        """Whether this nats-py has what the direct path relies on."""
+        """Whether this nats-py has what the direct path and the ordered PING rely on."""
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         if initial_connection and "tls" in self.options:
@@ -60,6 +74,16 @@ class NatsClient(Client):
                 raise errors.SecureConnWantedError
             info["tls_required"] = True
         await super()._process_info(info, initial_connection)
+
+    async def _send_ping(self, future: asyncio.Future[Any] | None = None) -> None:
+        if not self.direct_path:
+            await super()._send_ping(future)
+            return
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+        self._pongs.append(future)
+        await self._send_command(PING_PROTO)
+        await self._flush_pending()
 
     async def subscribe_direct(
         self, subject: str, queue: str, cb: Callable[[Msg], Awaitable[None]], direct: DirectHandler

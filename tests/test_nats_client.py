@@ -116,6 +116,27 @@ async def test_an_unsubscribed_subject_has_no_direct_handler_left(nats_server: N
     assert answer.data == b"callback:x"
 
 
+async def test_a_flush_returns_only_once_the_server_has_the_subscriptions(
+    nats_server: NatsServer, nc: nats.NATS
+) -> None:
+    # With nats-py's own PING (written ahead of the SUBs still queued), about one try in 25 got no responders.
+
+    async def answer(msg: Msg) -> None:
+        await msg.respond(b"ok")
+
+    missed = 0
+    for attempt in range(200):
+        async with ours(nats_server) as client:
+            for k in range(25):
+                await client.subscribe(f"flush.{attempt}.{k}", queue="q", cb=answer)
+            await client.flush(timeout=TIMEOUT_S)
+            try:
+                await nc.request(f"flush.{attempt}.24", b"x", timeout=TIMEOUT_S)
+            except nats.errors.NoRespondersError:
+                missed += 1
+    assert missed == 0
+
+
 async def test_publish_now_queues_for_the_flusher_and_refuses_once_closed(
     nats_server: NatsServer, nc: nats.NATS
 ) -> None:
