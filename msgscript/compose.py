@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 from msgscript.config import Settings
@@ -16,16 +17,15 @@ from msgscript.errors import ConfigError
 from msgscript.etcd_client import EtcdClient, open_etcd
 from msgscript.etcd_lock import EtcdLock
 from msgscript.executors.base import Executor
+from msgscript.executors.deferred import DeferredExecutor
 from msgscript.executors.lua import LuaExecutor
 from msgscript.executors.podman import open_podman_executor
-from msgscript.executors.wasm import open_wasm_executor
 from msgscript.locks import Lock, NoLock
 from msgscript.lua.modules import builtin_modules
 from msgscript.lua.plugin_loader import load_plugins
 from msgscript.lua.syntax import LuaSyntaxCheck
 from msgscript.services import open_services
 from msgscript.store.base import Store
-from msgscript.store.etcd_store import EtcdStore
 from msgscript.store.file_store import FileStore
 
 if TYPE_CHECKING:  # prometheus_client is imported by the daemon only
@@ -59,6 +59,9 @@ async def open_store(settings: Settings, etcd: EtcdClient | None = None) -> Asyn
             yield store
         return
     if settings.backend == "etcd":
+        # Imported here: its watch loads gRPC, about 12 MB that a daemon on the file backend never needs.
+        from msgscript.store.etcd_store import EtcdStore
+
         async with contextlib.AsyncExitStack() as stack:
             if etcd is None:
                 etcd = await stack.enter_async_context(open_etcd(settings))
@@ -104,9 +107,21 @@ async def open_executors(
         )
         yield {
             "lua": lua,
-            "wasm": await stack.enter_async_context(open_wasm_executor(settings, on_stuck)),
+            "wasm": await stack.enter_async_context(
+                DeferredExecutor("wasm", lambda: _open_wasm_executor(settings, on_stuck))
+            ),
             "podman": await stack.enter_async_context(open_podman_executor(settings)),
         }
+
+
+def _open_wasm_executor(
+    settings: Settings, on_stuck: Callable[[str], None] | None
+) -> AbstractAsyncContextManager[Executor]:
+    # Imported on the first wasm run: wasmtime and its engine weigh about 8 MB that a daemon without wasm
+    # scripts never needs.
+    from msgscript.executors.wasm import open_wasm_executor
+
+    return open_wasm_executor(settings, on_stuck)
 
 
 @contextlib.asynccontextmanager

@@ -1,8 +1,10 @@
 """The daemon's etcd client: one shared connection for the `etcd` Lua module, the etcd script store and the
 cluster lock.
 
-Built on aetcd (etcd v3 over gRPC). Nothing is dialled when the client is opened, so a daemon whose
-etcd is down (or unused) starts; the first request connects. Every request carries its own timeout.
+Built on aetcd (etcd v3 over gRPC), which `msgscript.etcd_rpc` wraps and this module imports on the first
+request: a daemon that never talks to etcd does not load gRPC. Nothing is dialled when the client is opened,
+so a daemon whose etcd is down (or unused) starts; the first request connects. Every request carries its own
+timeout.
 
 Several endpoints give failover: a request goes to the endpoint that answered last (the first one at
 the start); when it cannot connect, the next endpoint is tried, within the same timeout. An endpoint
@@ -30,17 +32,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-import aetcd
-import grpc
-import grpc.aio
-from aetcd import rpc
-
 from msgscript.config import DEFAULT_ETCD_PORT, Settings
 from msgscript.durations import format_duration
 from msgscript.errors import ConfigError, EtcdError, EtcdUnavailable
 from msgscript.tls import client_tls_context, read_file
 
 if TYPE_CHECKING:
+    from msgscript.etcd_rpc import EndpointClient
     from msgscript.etcd_watch import Watch
 
 log = logging.getLogger(__name__)
@@ -51,14 +49,6 @@ CONNECT_TIMEOUT_S = 3.0
 """How long an endpoint that is not connected yet may take before the next one is tried (Go's dial timeout)."""
 WATCH_IDLE_S = 5.0
 """How long a watch may stay quiet before it asks etcd whether the stream is still alive."""
-# gRPC waits up to two minutes between reconnection attempts by default: after an etcd restart the
-# daemon would keep failing long after etcd is back. Range answers may exceed gRPC's 4 MiB default.
-_CHANNEL_OPTIONS = {
-    "grpc.max_receive_message_length": -1,
-    "grpc.initial_reconnect_backoff_ms": 200,
-    "grpc.min_reconnect_backoff_ms": 200,
-    "grpc.max_reconnect_backoff_ms": 500,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +159,6 @@ class RangeResult:
     """How many keys matched (more than len(kvs) with a limit or `count_only`)."""
 
 
-def _is_connected(client: Any) -> bool:
-    channel = client.channel
-    return channel is not None and channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
-
-
 @dataclass(frozen=True, slots=True)
 class EtcdCredentials:
     """How the client checks etcd's identity and proves its own: TLS files (PEM) and a user and password.
@@ -231,83 +216,6 @@ def etcd_credentials(settings: Settings) -> EtcdCredentials:
     )
 
 
-class _AetcdClient(aetcd.Client):  # type: ignore[misc]
-    """aetcd's client on one endpoint, over TLS when asked, authenticated when a user is given.
-
-    aetcd dials in plain text only, so the channel is opened here. etcd forgets a token after a while
-    without use (`--auth-token-ttl`) and when it restarts: `authenticate` gets a fresh one.
-    """
-
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        tls: grpc.ChannelCredentials | None,
-        credentials: EtcdCredentials,
-        options: dict[str, Any],
-    ) -> None:
-        super().__init__(host=endpoint.host, port=endpoint.port, options=options)
-        self._tls = tls
-        self._credentials = credentials
-        self._connect_lock = asyncio.Lock()
-
-    async def connect(self) -> None:
-        """Open the channel and, with a user, authenticate; the stubs use the channel from then on."""
-        if self._connected.is_set():
-            return
-        async with self._connect_lock:
-            if self._connected.is_set():
-                return
-            target = f"{self._host}:{self._port}"
-            options = list(self._options.items())
-            if self._tls is None:
-                channel = grpc.aio.insecure_channel(target, options=options)
-            else:
-                channel = grpc.aio.secure_channel(target, self._tls, options=options)
-            self.channel = channel
-            self.kvstub = rpc.KVStub(channel)
-            self.clusterstub = rpc.ClusterStub(channel)
-            self.leasestub = rpc.LeaseStub(channel)
-            self.maintenancestub = rpc.MaintenanceStub(channel)
-            try:
-                await self.authenticate()
-            except BaseException:
-                await channel.close()
-                self._init_channel_attrs()
-                raise
-            self._connected.set()
-
-    @property
-    def authenticates(self) -> bool:
-        """True when requests carry a user's token."""
-        return bool(self._credentials.user)
-
-    async def authenticate(self) -> None:
-        """Get a (new) token for the user; every later request carries it. Nothing to do without a user."""
-        if not self.authenticates:
-            return
-        request = rpc.AuthenticateRequest(name=self._credentials.user, password=self._credentials.password)
-        response = await rpc.AuthStub(self.channel).Authenticate(request)
-        self.metadata = (("token", response.token),)
-
-
-def _is_unauthenticated(exc: Exception) -> bool:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return bool(exc.code() == grpc.StatusCode.UNAUTHENTICATED)
-    return isinstance(exc, aetcd.exceptions.UnauthenticatedError)
-
-
-async def _with_fresh_token(client: _AetcdClient, operation: Callable[[Any], Awaitable[T]]) -> T:
-    """Run operation; when etcd no longer knows the token, authenticate again and run it once more."""
-    try:
-        return await operation(client)
-    except (grpc.aio.AioRpcError, aetcd.exceptions.UnauthenticatedError) as exc:
-        if not (client.authenticates and _is_unauthenticated(exc)):
-            raise
-        log.debug("etcd: token refused (%s), authenticating again", exc)
-    await client.authenticate()
-    return await operation(client)
-
-
 class EtcdClient:
     """The daemon's etcd client, shared by every user; open with `open_etcd` or `async with`.
 
@@ -328,10 +236,10 @@ class EtcdClient:
     ) -> None:
         self._texts = tuple(endpoints)
         self._credentials = credentials
-        self._tls: grpc.ChannelCredentials | None = None
+        self._tls = False
         self._connect_timeout_s = connect_timeout_s
         self._endpoints: tuple[Endpoint, ...] | None = None
-        self._clients: dict[int, _AetcdClient] = {}
+        self._clients: dict[int, EndpointClient] = {}
         self._current = 0
         self._reachable = True
         self._answered = False
@@ -360,14 +268,12 @@ class EtcdClient:
     async def put(self, key: bytes | str, value: bytes | str, *, lease: int = 0, timeout_s: float) -> int:
         """Set key to value, attached to `lease` when not 0; returns the revision of the change."""
         key_b, value_b = _as_bytes(key), _as_bytes(value)
-        done = await self._request(lambda client: client.put(key_b, value_b, lease=lease or None), timeout_s)
-        return int(done.header.revision)
+        return await self._request(lambda client: client.kv_put(key_b, value_b, lease), timeout_s)
 
     async def get(self, key: bytes | str, *, timeout_s: float) -> KeyValue | None:
         """The key, or None if it does not exist."""
         key_b = _as_bytes(key)
-        found = await self._request(lambda client: client.get(key_b), timeout_s)
-        return None if found is None else KeyValue.from_aetcd(found)
+        return await self._request(lambda client: client.kv_get(key_b), timeout_s)
 
     async def get_prefix(self, prefix: bytes | str, *, timeout_s: float) -> list[KeyValue]:
         """Every key starting with prefix, in key order (the empty prefix is the whole keyspace)."""
@@ -395,45 +301,28 @@ class EtcdClient:
         end = b""
         if prefix:
             start, end = prefix_range(start)
-        request = rpc.RangeRequest(
-            key=start,
-            range_end=end,
-            limit=limit,
-            sort_target=rpc.RangeRequest.SortTarget.Value(sort_by.upper()),
-            sort_order=rpc.RangeRequest.SortOrder.Value("DESCEND" if descending else "ASCEND"),
-            max_create_revision=max_create_revision,
-            count_only=count_only,
-        )
-
-        async def read(client: Any) -> Any:
-            await client.connect()
-            return await client.kvstub.Range(request, metadata=client.metadata)
-
-        found = await self._request(read, timeout_s)
-        return RangeResult(
-            kvs=tuple(KeyValue.from_aetcd(kv) for kv in found.kvs),
-            revision=int(found.header.revision),
-            cluster_id=int(found.header.cluster_id),
-            count=int(found.count),
+        return await self._request(
+            lambda client: client.kv_range(
+                start,
+                end,
+                sort_by=sort_by,
+                descending=descending,
+                limit=limit,
+                max_create_revision=max_create_revision,
+                count_only=count_only,
+            ),
+            timeout_s,
         )
 
     async def delete(self, key: bytes | str, *, timeout_s: float) -> int | None:
         """Delete key; the revision of the deletion, or None if the key did not exist."""
         key_b = _as_bytes(key)
-        request = rpc.DeleteRangeRequest(key=key_b)
-
-        async def delete(client: Any) -> Any:
-            await client.connect()
-            return await client.kvstub.DeleteRange(request, metadata=client.metadata)
-
-        deleted = await self._request(delete, timeout_s)
-        return int(deleted.header.revision) if deleted.deleted else None
+        return await self._request(lambda client: client.kv_delete(key_b), timeout_s)
 
     async def delete_prefix(self, prefix: bytes | str, *, timeout_s: float) -> int:
         """Delete every key starting with prefix; returns how many were deleted."""
         start, end = prefix_range(_as_bytes(prefix))
-        deleted = await self._request(lambda client: client.delete_range(start, end), timeout_s)
-        return int(deleted.deleted)
+        return await self._request(lambda client: client.kv_delete_range(start, end), timeout_s)
 
     async def watch(
         self,
@@ -450,75 +339,32 @@ class EtcdClient:
         are then delivered in order by `Watch.next`, which also uses timeout_s for its liveness checks.
         A start revision newer than etcd's current one is legal: the watch waits for it.
         """
-        # msgscript.etcd_watch builds its events from this module's KeyValue: imported here, not at the top.
-        from msgscript.etcd_watch import Watch
-
         start = _as_bytes(key)
         end = b""
         if prefix:
             start, end = prefix_range(start)
-
-        async def open_watch(client: Any) -> Watch:
-            await client.connect()
-            call = rpc.WatchStub(client.channel).Watch(metadata=client.metadata)
-            watch = Watch(call, self._name_of(client), idle_s=idle_s, timeout_s=timeout_s)
-            try:
-                await watch.start(start, end, start_revision)
-            except BaseException:
-                await watch.close()
-                raise
-            return watch
-
-        return await self._request(open_watch, timeout_s)
+        return await self._request(
+            lambda client: client.watch_open(start, end, start_revision, idle_s=idle_s, timeout_s=timeout_s),
+            timeout_s,
+        )
 
     async def grant_lease(self, ttl_s: int, *, timeout_s: float) -> int:
         """A new lease that expires ttl_s seconds after its last keep-alive; returns its ID."""
-        request = rpc.LeaseGrantRequest(TTL=ttl_s)
-
-        async def grant(client: Any) -> Any:
-            await client.connect()
-            return await client.leasestub.LeaseGrant(request, metadata=client.metadata)
-
-        granted = await self._request(grant, timeout_s)
-        if granted.error:
-            raise EtcdError(granted.error)
-        return int(granted.ID)
+        lease_id, error = await self._request(lambda client: client.lease_grant(ttl_s), timeout_s)
+        if error:
+            raise EtcdError(error)
+        return lease_id
 
     async def keep_alive(self, lease_id: int, *, timeout_s: float) -> int:
         """Renew a lease; returns its new time to live in seconds, 0 when it no longer exists (expired, revoked)."""
-        request = rpc.LeaseKeepAliveRequest(ID=lease_id)
-
-        async def renew(client: Any) -> Any:
-            await client.connect()
-            call = client.leasestub.LeaseKeepAlive(metadata=client.metadata)
-            try:
-                await call.write(request)
-                await call.done_writing()
-                return await call.read()
-            finally:
-                call.cancel()
-
-        answer = await self._request(renew, timeout_s)
-        return 0 if answer is grpc.aio.EOF else int(answer.TTL)
+        return await self._request(lambda client: client.lease_keep_alive(lease_id), timeout_s)
 
     async def revoke_lease(self, lease_id: int, *, timeout_s: float) -> bool:
         """Revoke a lease, deleting the keys attached to it; False when it no longer existed."""
-        request = rpc.LeaseRevokeRequest(ID=lease_id)
+        return await self._request(lambda client: client.lease_revoke(lease_id), timeout_s)
 
-        async def revoke(client: Any) -> bool:
-            await client.connect()
-            try:
-                await client.leasestub.LeaseRevoke(request, metadata=client.metadata)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return False
-                raise
-            return True
-
-        return await self._request(revoke, timeout_s)
-
-    async def _request(self, operation: Callable[[Any], Awaitable[T]], timeout_s: float) -> T:
-        """Run operation on an aetcd client, moving to the next endpoint when one cannot be reached."""
+    async def _request(self, operation: Callable[[EndpointClient], Awaitable[T]], timeout_s: float) -> T:
+        """Run operation on an endpoint's client, moving to the next endpoint when one cannot be reached."""
         if self._closed:
             raise EtcdError("the etcd client is closed")
         endpoints = self._parsed()
@@ -534,33 +380,18 @@ class EtcdClient:
                 break
             client = self._client(index)
             # An endpoint that is not connected yet may not use up the time the next one could answer in.
-            connecting = (
-                step < len(endpoints) - 1 and not _is_connected(client) and self._connect_timeout_s < remaining_s
-            )
+            connecting = step < len(endpoints) - 1 and not client.is_connected and self._connect_timeout_s < remaining_s
             limit_s = self._connect_timeout_s if connecting else remaining_s
             waited_s = self._connect_timeout_s if connecting else timeout_s
             try:
                 async with asyncio.timeout(limit_s):
-                    result = await _with_fresh_token(client, operation)
-            except (TimeoutError, aetcd.ConnectionTimeoutError):
+                    result = await client.call(operation)
+            except TimeoutError:
                 failures.append((name, f"no answer within {format_duration(waited_s)}"))
-                continue
-            except aetcd.ConnectionFailedError as exc:
-                failures.append((name, str(exc) or "connection failed"))
                 continue
             except EtcdUnavailable as exc:
                 failures.append((name, str(exc).removeprefix(f"etcd at {name} is unreachable: ")))
                 continue
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    failures.append((name, f"no answer within {format_duration(waited_s)}"))
-                    continue
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    failures.append((name, exc.details() or "connection failed"))
-                    continue
-                raise EtcdError(exc.details() or exc.code().name) from exc
-            except aetcd.ClientError as exc:
-                raise EtcdError(str(exc) or type(exc).__name__) from exc
             if index != self._current or not self._reachable:
                 log.info("etcd: using endpoint %s", name)
                 self._current, self._reachable = index, True
@@ -586,22 +417,19 @@ class EtcdClient:
                 plain = next((text for text in texts if text.lower().startswith("http://")), None)
                 if plain is not None:
                     raise EtcdError(f"etcd endpoint {plain} is http:// while TLS is on; write https:// or host:port")
-                credentials = self._credentials
-                self._tls = grpc.ssl_channel_credentials(credentials.ca_pem, credentials.key_pem, credentials.cert_pem)
+                self._tls = True
             self._endpoints = endpoints
         return self._endpoints
 
-    def _client(self, index: int) -> _AetcdClient:
+    def _client(self, index: int) -> EndpointClient:
         client = self._clients.get(index)
         if client is None:
-            endpoint = self._parsed()[index]
-            client = _AetcdClient(endpoint, self._tls, self._credentials, _CHANNEL_OPTIONS)
+            # Imported on first use: gRPC and aetcd weigh about 12 MB that a daemon without etcd never needs.
+            from msgscript.etcd_rpc import EndpointClient
+
+            client = EndpointClient(self._parsed()[index], self._credentials, tls=self._tls)
             self._clients[index] = client
         return client
-
-    def _name_of(self, client: Any) -> str:
-        endpoints = self._parsed()
-        return next((str(endpoints[i]) for i, c in self._clients.items() if c is client), "etcd")
 
 
 @contextlib.asynccontextmanager
