@@ -82,13 +82,13 @@ class Dispatcher:
             return Reply(error=f"failed to get scripts for subject: {exc}")
         return await self.run_all(scripts, message)
 
-    def dispatch_now(self, message: Message) -> Reply | None:
+    def dispatch_now(self, message: Message, *, html: bool = True) -> Reply | None:
         """The Reply of a message that can be answered without waiting, or None: then `dispatch` must handle it,
         and nothing of its scripts has taken effect.
 
-        Answered now: one script with neither `lock` nor libraries, whose executor finishes the run inline
-        (`RunsInline`), with tracing off. Everything else (and a store that would have to wait) goes to
-        `dispatch`. Limits, results and metrics are those of `dispatch`.
+        Answered now: one script with neither `lock` nor libraries (nor `html`, when `html` is False), whose
+        executor finishes the run inline (`RunsInline`), with tracing off. Everything else (and a store that
+        would have to wait) goes to `dispatch`. Limits, results and metrics are those of `dispatch`.
         """
         if tracing.enabled():
             return None
@@ -105,7 +105,7 @@ class Dispatcher:
         if len(scripts) != 1:
             return None
         script = scripts[0]
-        if script.durable or script.lock or script.libraries:
+        if script.durable or script.lock or script.libraries or (script.html and not html):
             return None
         run_now = self._run_now.get(script.executor)
         if run_now is None:

@@ -160,6 +160,27 @@ async def test_http_beyond_the_bound_is_503_at_once_and_nats_waits(
     assert [m.data for m in asked].count(b"waiting") == 1
 
 
+async def test_a_request_answered_at_once_needs_a_free_slot_too(
+    start_gateway: GatewayFactory, client: aiohttp.ClientSession, asked: list[Msg]
+) -> None:
+    async with start_gateway(max_in_flight=1) as url:
+        holding = asyncio.ensure_future(fetch(client, url + "/funcs.slow"))
+        await until(lambda: len(asked) == 1, "the only slot taken")
+        # hello would be answered inline, without a task of its own, but not past the bound.
+        status, text, headers = await fetch(client, url + "/funcs.hello", method="POST", data=b"John")
+        assert status == 503
+        assert headers["Retry-After"] == "1"
+        assert text.startswith("Error: server busy: 1 messages and requests already in flight")
+        assert (await holding)[0] == 200
+        # Each inline answer gives its slot back: one after the other, they all get the only slot.
+        for _ in range(3):
+            status, text, _ = await fetch(client, url + "/funcs.hello", method="POST", data=b"John")
+            assert (status, first_payload(text)) == (200, b"Processed subject: funcs.hello with payload: John")
+        # And a request that needs a task still finds it free.
+        status, text, _ = await fetch(client, url + "/funcs.slow")
+        assert (status, first_payload(text)) == (200, b"done")
+
+
 # --- Cancelling what nobody waits for ---------------------------------------------------------------
 
 

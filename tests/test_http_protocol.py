@@ -3,6 +3,7 @@ and `OPTIONS *` answered for the server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -11,8 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from msgscript.http.quick import QuickAnswers
 from tests.conftest import gateway_daemon
-from tests.http_wire import connection, exchange, exchange_then_closed, is_closed, read_answer
+from tests.http_wire import Answer, connection, exchange, exchange_then_closed, is_closed, read_answer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -116,3 +118,58 @@ async def test_options_on_a_path_still_runs_the_script(port: int) -> None:
     assert answer.status == 200
     (result,) = json.loads(answer.body)
     assert base64.b64decode(result["payload"]) == b"Processed subject: funcs.hello with payload: "
+
+
+# --- Answers the connection writes itself (msgscript.http.quick) --------------------------------
+
+
+def post(target: bytes, body: bytes = b"John") -> bytes:
+    head = b"POST %b HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+    return head % (target, len(body)) + body
+
+
+def undated(answer: Answer) -> tuple[str, list[tuple[str, str]], bytes]:
+    """The answer without its Date header (the headers in the order sent)."""
+    return answer.status_line, [(name, value) for name, value in answer.headers.items() if name != "Date"], answer.body
+
+
+async def test_an_answer_written_by_the_connection_is_the_one_aiohttp_writes(port: int) -> None:
+    # `/funcs.hello` is answered by the connection itself; `/funcs.hello/` (a second segment) goes through aiohttp.
+    async with connection(port) as (reader, writer):
+        answers = []
+        for target in (b"/funcs.hello", b"/funcs.hello/", b"/funcs.hello?x=1", b"/funcs.hello/?x=1"):
+            writer.write(post(target))
+            answers.append(await read_answer(reader))
+    assert all("Date" in answer.headers for answer in answers)
+    assert [undated(answer) for answer in answers] == [undated(answers[1])] * 4
+    (result,) = json.loads(answers[0].body)
+    assert base64.b64decode(result["payload"]) == b"Processed subject: funcs.hello with payload: John"
+
+
+async def test_an_answer_at_once_does_not_overtake_an_earlier_request(port: int) -> None:
+    async with connection(port) as (reader, writer):
+        writer.write(post(b"/funcs.loop", b""))  # loops on a worker thread until its 1s timeout
+        await asyncio.sleep(0.2)
+        writer.write(post(b"/funcs.hello"))  # answerable at once, but only after funcs.loop's answer
+        (first,) = json.loads((await read_answer(reader)).body)
+        (second,) = json.loads((await read_answer(reader)).body)
+    assert "timed out" in first["error"]
+    assert base64.b64decode(second["payload"]) == b"Processed subject: funcs.hello with payload: John"
+
+
+async def test_a_request_the_connection_hands_on_keeps_its_body(port: int) -> None:
+    # The connection reads the body, then finds that funcs.lib (which needs a library) does not run at once.
+    answer = await exchange(port, post(b"/funcs.lib", b"John"))
+    (result,) = json.loads(answer.body)
+    assert base64.b64decode(result["payload"]) == b"hi John"
+
+
+async def test_this_aiohttp_has_what_answers_in_the_connection_rely_on() -> None:
+    # Fails when an upgrade of aiohttp renames what msgscript.http.quick uses: the gateway still works, slower.
+    assert QuickAnswers.supported()
+
+
+async def test_an_html_script_is_answered_with_its_page_not_by_the_connection(port: int) -> None:
+    answer = await exchange(port, post(b"/http.hello"))
+    assert answer.status_line == "HTTP/1.1 200 OK"
+    assert answer.headers["Content-Type"] == "text/html"

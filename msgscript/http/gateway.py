@@ -104,6 +104,8 @@ def results_json(results: tuple[Result, ...] | None) -> bytes:
     """The JSON array of results the gateway answers in JSON mode (`null` when there are none at all)."""
     if results is None:
         return b"null"
+    if len(results) == 1:  # most subjects have one script
+        return ("[" + results[0].to_json() + "]").encode()
     return ("[" + ",".join(r.to_json() for r in results) + "]").encode()
 
 
@@ -111,10 +113,9 @@ def reply_response(reply: Reply) -> web.Response:
     """Turn a Reply into the gateway's response: the first HTML result wins, otherwise all results as JSON."""
     if reply.error:
         return text_response(500, f"Error: {reply.error}")
-    if reply.is_html:
-        for result in reply.results or ():
-            if result.is_html:
-                return html_response(result)
+    for result in reply.results or ():
+        if result.is_html:
+            return html_response(result)
     return web.Response(body=results_json(reply.results), headers={"Content-Type": PLAIN_UTF8})
 
 
@@ -209,8 +210,10 @@ async def handle_gateway(request: web.Request) -> web.Response:
 
 async def _gateway(request: web.Request) -> web.Response:
     subject = first_segment(request.path)
-    # Debug, not info as in Go: a log line per request costs more than the rest of the request.
-    log.debug("Received HTTP request subject=%s client=%s", subject, request.remote)
+    if log.isEnabledFor(logging.DEBUG):
+        # Debug, not info as in Go: a log line per request costs more than the rest of the request (and the
+        # client's address is a lookup of its own, not made for a line that is not logged).
+        log.debug("Received HTTP request subject=%s client=%s", subject, request.remote)
     app = request.app
     settings = app[SETTINGS]
     if not is_valid_subject(subject):
@@ -228,24 +231,50 @@ async def _gateway(request: web.Request) -> web.Response:
         if not may_browse(request, settings.browse):
             return not_found(subject)
         return await catalog_response(app[CATALOG], subject, body)
+    message = Message(subject, body, request.method, script_url(request_target(request), subject))
+    reply = answer_now(app, message)
+    if reply is not None:
+        return reply_response(reply)
+    return await _dispatch(request, message)
+
+
+def answer_now(app: web.Application, message: Message, *, html: bool = True) -> Reply | None:
+    """The Reply of a gateway request whose script answers without waiting (`Dispatcher.dispatch_now`), or None:
+    then nothing of its scripts has taken effect, and a dispatch of its own answers it (`_dispatch`: 404, 503,
+    durable scripts, the `_timeout`).
+
+    The run holds an in-flight slot and counts as a request, as a dispatch does; with every slot taken it is
+    not tried, and the dispatch refuses the request (or answers 404 for a subject without scripts). With `html`
+    False, a subject whose script is an HTML script is not answered here either.
+    """
+    in_flight = app[IN_FLIGHT]
+    if not in_flight.try_acquire():
+        return None
+    try:
+        reply = app[DISPATCHER].dispatch_now(message, html=html)
+    finally:
+        in_flight.release()
+    if reply is not None and (metrics := app.get(METRICS)) is not None:
+        metrics.count_message("http")
+    return reply
+
+
+async def _dispatch(request: web.Request, message: Message) -> web.Response:
+    """Run the scripts of a request as a task of their own, and answer their Reply or the `_timeout` that ran out."""
+    app = request.app
+    subject = message.subject
     dispatcher = app[DISPATCHER]
     try:
         scripts = await dispatcher.scripts_for(subject)
     except NoScripts as exc:
         if exc.durable and DURABLE in app:
-            return await durable_response(app[DURABLE], request, subject, body)
+            return await durable_response(app[DURABLE], request, subject, message.payload)
         return not_found(subject)
     except StoreError as exc:  # logged by the dispatcher
         return text_response(500, f"Error: failed to get scripts for subject: {exc}")
     metrics = app.get(METRICS)
     if metrics is not None:
         metrics.count_message("http")  # a request for a subject with scripts, whether it runs or gets a 503
-    message = Message(
-        subject=subject,
-        payload=body,
-        method=request.method,
-        url=script_url(request_target(request), subject),
-    )
     # HTTP shares the in-flight bound with NATS, but where NATS waits for a slot, a request is refused.
     in_flight = app[IN_FLIGHT]
     if not in_flight.try_acquire():

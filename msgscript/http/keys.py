@@ -10,6 +10,7 @@ from aiohttp import web
 from msgscript.catalog import Catalog
 from msgscript.config import Settings
 from msgscript.dispatch import Dispatcher
+from msgscript.http.readme import Readme
 from msgscript.http.tasks import DispatchTasks
 from msgscript.inflight import InFlightLimit
 
@@ -25,7 +26,7 @@ CATALOG = web.AppKey("catalog", Catalog)
 SETTINGS = web.AppKey("settings", Settings)
 TASKS = web.AppKey("tasks", DispatchTasks)
 IN_FLIGHT = web.AppKey("in_flight", InFlightLimit)
-README_HTML = web.AppKey("readme_html", str)
+README = web.AppKey("readme", Readme)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 """Set only when the daemon records metrics."""
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")

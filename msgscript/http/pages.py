@@ -6,7 +6,7 @@ from aiohttp import web
 
 from msgscript.errors import StoreError
 from msgscript.http import templates
-from msgscript.http.keys import CATALOG, README_HTML
+from msgscript.http.keys import CATALOG, README
 
 
 def html_page(text: str, status: int = 200) -> web.Response:
@@ -20,7 +20,7 @@ def _store_failed(exc: StoreError) -> web.Response:
 
 async def handle_readme(request: web.Request) -> web.Response:
     """The README, rendered."""
-    return html_page(templates.readme_page(request.app[README_HTML]))
+    return html_page(templates.readme_page(await request.app[README].html()))
 
 
 async def handle_list(request: web.Request) -> web.Response:

@@ -6,19 +6,19 @@ it likes. `GatewayConnection` gives each request a deadline for its headers and 
 also answers the requests the parser rejects (bad request line, headers, chunking, Content-Length)
 with a 400 and one INFO line, where aiohttp logs an error with a traceback, and refuses the same way
 what aiohttp's parser lets through but the server does not serve: HTTP versions other than 1.0 and 1.1,
-an invalid Host, CONNECT (`request_rejection`). aiohttp has no public hook for any of it, so the
-connection class is aiohttp's `RequestHandler`, subclassed, and `GatewayRunner` is an `AppRunner`
+an invalid Host, CONNECT (`request_rejection`). And it answers the simplest gateway requests itself
+(msgscript.http.quick), with the bytes aiohttp would have written. aiohttp has no public hook for any of it,
+so the connection class is aiohttp's `RequestHandler`, subclassed, and `GatewayRunner` is an `AppRunner`
 whose server builds these connections (and leaves request bodies undecoded, for `body.read_body`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpProcessingError, HttpVersion10, HttpVersion11, RawRequestMessage
@@ -29,11 +29,15 @@ from aiohttp.web_protocol import _ErrInfo
 from msgscript.durations import format_duration
 from msgscript.errors import MsgscriptError
 
+if TYPE_CHECKING:  # msgscript.http.quick reaches this module through the gateway's imports
+    from msgscript.http.quick import QuickAnswers
+
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT_S = 75.0
 """How long a kept-alive connection may wait for its next request (aiohttp's default is an hour)."""
 _PLAIN_UTF8 = "text/plain; charset=utf-8"
+_STREAM_LIMIT_BYTES = 2**16  # aiohttp's own buffer limit of a request body stream
 
 
 class BodyReadTimeout(MsgscriptError, TimeoutError):
@@ -111,6 +115,9 @@ class GatewayConnection(web.RequestHandler):
     if it sent nothing, or after the response under way if an earlier request is still being answered).
     A body that misses its deadline fails with BodyReadTimeout for whoever reads it (the gateway answers
     408) and the connection closes after the response.
+
+    A request that arrives whole while aiohttp's loop waits for one is offered to QuickAnswers, which may answer
+    it here: nothing earlier on the connection is left unanswered then, so the answers keep their order.
     """
 
     def __init__(self, manager: GatewayServer, **kwargs: Any) -> None:
@@ -120,6 +127,7 @@ class GatewayConnection(web.RequestHandler):
         self._deadline: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None  # the body being received, until it is complete
         self._partial = False  # some bytes of a request whose headers are not complete have arrived
+        self._quick = manager.quick
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the header deadline with the connection: a client that connects and says nothing is a stall too."""
@@ -133,22 +141,29 @@ class GatewayConnection(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Parse as aiohttp does, then move the deadlines along with what the bytes completed."""
+        """Parse as aiohttp does, move the deadlines along with what the bytes completed, and answer here a request
+        that QuickAnswers takes."""
         if self._force_close or self._close:
             super().data_received(data)
             return
-        queued = len(self._messages)
-        super().data_received(data)
-        arrived = list(itertools.islice(self._messages, queued, None))
-        if arrived:
+        messages = self._messages
+        queued = len(messages)
+        # aiohttp's loop waits on this future for requests; it is woken below, unless the request is answered here.
+        waiter, self._waiter = self._waiter, None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        if len(messages) > queued:
             self._disarm()
             self._partial = False
-            for index, (message, payload) in enumerate(arrived, queued):
+            for index in range(queued, len(messages)):
+                message, payload = messages[index]
                 if isinstance(message, RawRequestMessage):
                     if (rejection := request_rejection(message)) is not None:
                         # Answered like a request the parser rejected: by `handle_error`, then the connection closes
                         # (its body, if any, is not waited for).
-                        self._messages[index] = (_ErrInfo(rejection.code, rejection, rejection.message), EMPTY_PAYLOAD)
+                        messages[index] = (_ErrInfo(rejection.code, rejection, rejection.message), EMPTY_PAYLOAD)
                         self._body = None
                         continue
                     self._body = None if payload.is_eof() else payload
@@ -156,6 +171,12 @@ class GatewayConnection(web.RequestHandler):
                     self._fail_body(first_line(message.message))
             if self._body is not None:
                 self._arm(self._body_timeout_s, self._body_timed_out)
+            if waiter is None or waiter.done():
+                return  # aiohttp's loop is busy with an earlier request, and finds these when it is done
+            # aiohttp's loop waits: there is no earlier request for an answer written here to overtake.
+            if len(messages) == 1 and self._answered_here():
+                return
+            waiter.set_result(None)
         elif self._body is not None:
             if self._body.is_eof():
                 self._body = None
@@ -165,6 +186,48 @@ class GatewayConnection(web.RequestHandler):
             if self._deadline is None:
                 # The first bytes of the next request: its headers have their deadline from now.
                 self._arm(self._header_timeout_s, self._headers_timed_out)
+
+    def _answered_here(self) -> bool:
+        """Answer the one queued request through QuickAnswers if it takes it, as aiohttp's loop would; True if done."""
+        quick = self._quick
+        message, payload = self._messages[0]
+        transport = self.transport
+        if (
+            quick is None
+            or not isinstance(message, RawRequestMessage)
+            or not payload.is_eof()
+            or payload.exception() is not None
+            or transport is None
+            or transport.is_closing()
+            or not self._keepalive
+            or not quick.wants(message, payload.total_bytes)
+        ):
+            return False
+        body = payload.read_nowait()
+        response = quick.answer(message, body)
+        if response is None:
+            if body:  # read for nothing: the usual way gets it in a stream of its own
+                self._messages[0] = (message, self._stream_of(body))
+            return False
+        self._messages.popleft()
+        if self._parser is not None:
+            self._parser.message_consumed()  # what aiohttp's loop does with each request it takes
+        if self._manager is not None:
+            self._manager.requests_count += 1
+        transport.write(response)
+        # And what it does after each response: the idle timeout of the connection runs from now.
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        return True
+
+    def _stream_of(self, body: bytes) -> StreamReader:
+        """A finished request body stream holding `body`."""
+        stream = StreamReader(self, _STREAM_LIMIT_BYTES, loop=self._loop)
+        stream.feed_data(body)
+        stream.feed_eof()
+        return stream
 
     def _fail_body(self, reason: str) -> None:
         """The parser rejected the bytes after a body had started (bad chunking): fail that body's readers."""
@@ -266,11 +329,13 @@ class GatewayServer(web.Server):
         *,
         header_timeout_s: float,
         body_timeout_s: float,
+        quick: QuickAnswers | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
+        self.quick = quick
 
     def __call__(self) -> web.RequestHandler:
         """A new connection (the protocol factory the listening socket calls)."""
@@ -278,15 +343,24 @@ class GatewayServer(web.Server):
 
 
 class GatewayRunner(web.AppRunner):
-    """An AppRunner serving its application through a GatewayServer."""
+    """An AppRunner serving its application through a GatewayServer, whose connections answer what `quick` takes."""
 
-    def __init__(self, app: web.Application, *, header_timeout_s: float, body_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout_s: float,
+        body_timeout_s: float,
+        quick: QuickAnswers | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("keepalive_timeout", IDLE_TIMEOUT_S)
         # Bodies reach the handlers as sent: `body.read_body` decodes every coding, strictly and within bounds.
         kwargs["auto_decompress"] = False
         super().__init__(app, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._body_timeout_s = body_timeout_s
+        self._quick = quick
 
     async def _make_server(self) -> web.Server:
         # aiohttp's own server carries the application's handler and settings; serve them with our connections.
@@ -298,5 +372,6 @@ class GatewayRunner(web.AppRunner):
             loop=asyncio.get_running_loop(),
             header_timeout_s=self._header_timeout_s,
             body_timeout_s=self._body_timeout_s,
+            quick=self._quick,
             **plain._kwargs,
         )

@@ -1,14 +1,17 @@
-"""The README shown on `/` and `/_/`: found next to a checkout or in the installed package's metadata."""
+"""The README shown on `/` and `/_/`: found next to a checkout or in the installed package's metadata, and
+rendered when it is first asked for."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from markdown_it import MarkdownIt
-from markdown_it.token import Token
+if TYPE_CHECKING:
+    from markdown_it.token import Token
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ def _decorate(tokens: list[Token]) -> None:
 
 def render_markdown(text: str) -> str:
     """Render Markdown (CommonMark plus tables) to HTML; raw HTML in the text is escaped."""
+    # Imported here: markdown_it weighs about 0.5 MB that a daemon whose home page is never visited does not need.
+    from markdown_it import MarkdownIt
+
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
     tokens = md.parse(text)
     _decorate(tokens)
@@ -81,3 +87,22 @@ def render_readme() -> str:
         log.info("no README found, the home page shows a short summary")
         text = FALLBACK_MARKDOWN
     return render_markdown(text)
+
+
+class Readme:
+    """The README page of one application, rendered on the first request for it and kept.
+
+    A daemon whose home page is never visited neither loads markdown_it nor holds the page.
+    """
+
+    def __init__(self) -> None:
+        self._html: str | None = None
+        self._rendering = asyncio.Lock()
+
+    async def html(self) -> str:
+        """The README as HTML; the first call renders it, off the event loop, and later ones reuse it."""
+        if self._html is None:
+            async with self._rendering:
+                if self._html is None:
+                    self._html = await asyncio.to_thread(render_readme)
+        return self._html

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -14,7 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from msgscript.catalog import Catalog
-from msgscript.config import BROWSE_MODES, BROWSE_OFF, WORKER_VARIABLE, Settings
+from msgscript.config import BROWSE_MODES, WORKER_VARIABLE, Settings
 from msgscript.dispatch import Dispatcher
 from msgscript.errors import ConfigError
 from msgscript.http import pages
@@ -35,13 +34,14 @@ from msgscript.http.keys import (
     IN_FLIGHT,
     METRICS,
     READINESS,
-    README_HTML,
+    README,
     SETTINGS,
     TASKS,
     Readiness,
 )
 from msgscript.http.protocol import GatewayRunner
-from msgscript.http.readme import render_readme
+from msgscript.http.quick import QuickAnswers
+from msgscript.http.readme import Readme
 from msgscript.http.tasks import DispatchTasks
 from msgscript.inflight import InFlightLimit
 
@@ -82,6 +82,9 @@ async def clean_request_target(request: web.Request, handler: Handler) -> web.St
     """Answer the targets that are not clean paths: a path holding `//`, `/./` or `/../` with a 301 to its clean
     form (query kept), and `OPTIONS *` with an empty 200."""
     path = request.path
+    if path[:1] == "/" and "//" not in path and "/." not in path:
+        # Clean already (no empty, `.` or `..` segment can hide here): the common case, without clean_path's split.
+        return await handler(request)
     cleaned = clean_path(path)
     if cleaned == path:
         return await handler(request)
@@ -137,7 +140,6 @@ def build_app(
     settings: Settings,
     *,
     in_flight: InFlightLimit | None = None,
-    readme_html: str = "",
     metrics: Metrics | None = None,
     readiness: Readiness = _always_ready,
     durable: DurableConsumers | None = None,
@@ -164,7 +166,7 @@ def build_app(
     app[SETTINGS] = settings
     app[TASKS] = DispatchTasks()
     app[IN_FLIGHT] = in_flight or InFlightLimit(settings.max_in_flight)
-    app[README_HTML] = readme_html
+    app[README] = Readme()
     app[READINESS] = readiness
     if durable is not None:
         app[DURABLE] = durable
@@ -208,13 +210,11 @@ async def http_site(
 ) -> AsyncIterator[web.AppRunner]:
     """Serve HTTP on `listeners` (sockets bound already, shared with the supervisor and the other workers), or
     else on `settings.http_host:http_port`; on exit stop accepting and let in-flight requests finish."""
-    readme_html = await asyncio.to_thread(render_readme) if settings.browse != BROWSE_OFF else ""
     app = build_app(
         dispatcher,
         catalog,
         settings,
         in_flight=in_flight,
-        readme_html=readme_html,
         metrics=metrics,
         readiness=readiness,
         durable=durable,
@@ -228,6 +228,7 @@ async def http_site(
         handler_cancellation=True,
         header_timeout_s=settings.http_header_timeout_s,
         body_timeout_s=settings.http_body_timeout_s,
+        quick=QuickAnswers(app) if QuickAnswers.supported() else None,
     )
     await runner.setup()
     try:
