@@ -110,12 +110,15 @@ class LuaExecutor:
         )
         self._on_stuck = on_stuck
         self._pool: WorkerThreads | None = None
+        # The loop the executor was opened on: asyncio.get_running_loop() makes a system call (getpid) each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._local = threading.local()
         # Scripts that had to move to a worker, and when: they run there for RETRY_INLINE_AFTER_S.
         self._on_workers: dict[object, float] = {}
 
     async def __aenter__(self) -> LuaExecutor:
         self._pool = WorkerThreads(self._threads, name="msgscript-lua", on_stuck=self._on_stuck)
+        self._loop = asyncio.get_running_loop()
         return self
 
     async def __aexit__(
@@ -148,7 +151,7 @@ class LuaExecutor:
             return None
         if len(message.payload) > INLINE_MAX_PAYLOAD_BYTES:
             return None
-        execution = self._execution(ctx, asyncio.get_running_loop())
+        execution = self._execution(ctx)
         result = self._execute(script, message, ctx, execution, key, True)
         if result is not None:
             if moved is not None:
@@ -168,7 +171,7 @@ class LuaExecutor:
         if pool is None:
             raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
         key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
-        execution = self._execution(ctx, asyncio.get_running_loop())
+        execution = self._execution(ctx)
         try:
             result = await pool.run(
                 self._execute,
@@ -188,8 +191,10 @@ class LuaExecutor:
             raise RuntimeError("a worker execution asked to move")
         return result
 
-    def _execution(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> Execution:
-        return Execution(deadline=ctx.deadline, loop=loop, nats=self._nats, env=self._env, services=self._services)
+    def _execution(self, ctx: RunContext) -> Execution:
+        return Execution(
+            deadline=ctx.deadline, loop=self._loop, nats=self._nats, env=self._env, services=self._services
+        )
 
     def _sandbox(self, inline: bool) -> LuaSandbox:
         # A thread runs one kind of execution only: the event loop's are inline, the workers' are not.
