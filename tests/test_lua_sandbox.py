@@ -367,7 +367,7 @@ async def test_inline_executions_move_instead_of_failing_at_their_small_cap() ->
             function OnMessage()
                 local ok = pcall(function()
                     local t = {}
-                    for i = 1, 8 do t[i] = string.rep("x", 600 * 1024) end
+                    for i = 1, 8 do t[i] = string.rep("x", 600 * 1024) .. i end  -- distinct: Lua interns strings
                 end)
                 return tostring(ok) .. " " .. where.thread()
             end

@@ -188,8 +188,8 @@ class LuaSandbox:
         the event loop, so the budget must not count the time it was not running; but the thread's CPU clock
         costs a system call, a good part of what a small script costs. So the first half of the budget is
         counted in wall-clock time (never less than the CPU time), and only once that is spent, by running or
-        by waiting to run, is the second half counted on the CPU clock: a fast script preempted on a busy
-        machine stays inline, a heavy one moves after the whole budget at most.
+        by waiting to run, is the second half counted on the CPU clock (from the first check that finds the
+        first half spent): a fast script preempted on a busy machine stays inline, a heavy one moves.
         """
         chunk = self._chunk(key, sources)
         if isinstance(chunk, str):
