@@ -62,6 +62,8 @@ def clean_path(path: str) -> str:
     """Go's path cleaning for routing: no empty, `.` or `..` segments; a trailing slash is kept."""
     if not path:
         return "/"
+    if path[0] == "/" and "//" not in path and "/." not in path:
+        return path  # no empty, `.` or `..` segment can hide here: the common case, without the split
     segments: list[str] = []
     for segment in path.split("/"):
         if segment in ("", "."):
@@ -82,9 +84,6 @@ async def clean_request_target(request: web.Request, handler: Handler) -> web.St
     """Answer the targets that are not clean paths: a path holding `//`, `/./` or `/../` with a 301 to its clean
     form (query kept), and `OPTIONS *` with an empty 200."""
     path = request.path
-    if path[:1] == "/" and "//" not in path and "/." not in path:
-        # Clean already (no empty, `.` or `..` segment can hide here): the common case, without clean_path's split.
-        return await handler(request)
     cleaned = clean_path(path)
     if cleaned == path:
         return await handler(request)
