@@ -5,18 +5,22 @@ nats-py writes a PING (what `flush` waits on the PONG of) to the socket at once,
 waiting for its flusher: a `flush` right after `subscribe` could return before the server had the
 subscription, and a request sent then got "no responders". Here a PING queues behind those commands.
 
-nats-py hands every message to its subscription's task: it builds a `Msg`, puts it in the subscription's
-queue, and the task takes it out and awaits the callback; a reply then goes through `publish`, which
-makes a future to wake the flusher. For a message answered in a few microseconds that plumbing costs
-more than the answer. A subscription with a direct handler (`subscribe_direct`) is offered each message
-as it is read, before any of that: the handler answers it there and then (`publish_now` queues the
-reply for the flusher), or declines, having done nothing, and the message goes the usual way.
+nats-py hands every message to its subscription's task: its parser matches the MSG line with a regular
+expression and awaits `_process_msg`, which builds a `Msg` and puts it in the subscription's queue; the
+task takes it out and awaits the callback; a reply then goes through `publish`, which makes a future to
+wake the flusher. For a message answered in a few microseconds that plumbing costs more than the answer.
+A subscription with a direct handler (`subscribe_direct`) is offered each message as it is read, before
+any of that: the handler answers it there and then (`publish_now` queues the reply for the flusher), or
+declines, having done nothing, and the message goes the usual way. While this client has direct handlers,
+the whole MSG lines at the start of what a read brought are split here, without the regular expression,
+and offered by a plain call; the parser of nats-py takes over at the first anything else.
 
-This relies on private parts of nats-py's client: `_process_msg` (where a parsed message arrives), `_subs`
-and `_remove_sub`, `_pending` with `_pending_data_size` and `_max_pending_size` (the commands the flusher
-writes), `_send_command`, `_flush_pending` and `_flush_queue` (what wakes the flusher), `_send_ping` with
-`_pongs`, and `_status`. A nats-py without one of them gets neither the direct path (every message takes the
-usual way) nor the ordered PING; tests/test_nats_client.py fails then, so that it is noticed.
+This relies on private parts of nats-py: its parser's `parse`, `buf` and `state` with AWAITING_CONTROL_LINE,
+the client's `_ps` (its parser), `_process_msg` (where a parsed message arrives), `_subs` and `_remove_sub`,
+`_pending` with `_pending_data_size` and `_max_pending_size` (the commands the flusher writes),
+`_send_command`, `_flush_pending` and `_flush_queue` (what wakes the flusher), `_send_ping` with `_pongs`, and
+`_status`. A nats-py without one of them gets neither the direct path (every message takes the usual way) nor
+the ordered PING; tests/test_nats_client.py fails then, so that it is noticed.
 """
 
 from __future__ import annotations
@@ -30,14 +34,17 @@ from nats import errors
 from nats.aio.client import PING_PROTO, Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.protocol import parser
 
-DirectHandler = Callable[[bytes, bytes, bytes], Awaitable[bool]]
+DirectHandler = Callable[[bytes, bytes, bytes], bool]
 """Called with a message's subject, reply subject and payload, before the message is queued: True when it
-handled the message, False (having done nothing) to leave it to the subscription's callback."""
+handled the message, False (having done nothing) to leave it to the subscription's callback. It runs in the
+connection's read loop, so it must not block; work that waits goes to a task of its own."""
 
 log = logging.getLogger(__name__)
 
 _FLUSHING_STATES = frozenset({Client.CONNECTED, Client.DRAINING_SUBS})
+_PARSER_NAMES = ("parse", "buf", "state")
 _PRIVATE_METHODS = ("_process_msg", "_remove_sub", "_send_ping", "_send_command", "_flush_pending")
 _PRIVATE_ATTRIBUTES = (
     "_subs",
@@ -63,10 +70,16 @@ class NatsClient(Client):
         super().__init__()
         self._direct: dict[int, DirectHandler] = {}
         self._kick: asyncio.Future[None] | None = None
-        self.direct_path = all(callable(getattr(Client, name, None)) for name in _PRIVATE_METHODS) and all(
-            hasattr(self, name) for name in _PRIVATE_ATTRIBUTES
+        self.direct_path = (
+            all(callable(getattr(Client, name, None)) for name in _PRIVATE_METHODS)
+            and all(hasattr(self, name) for name in _PRIVATE_ATTRIBUTES)
+            and isinstance(getattr(self, "_ps", None), parser.Parser)
+            and all(hasattr(self._ps, name) for name in _PARSER_NAMES)
+            and hasattr(parser, "AWAITING_CONTROL_LINE")
         )
         """Whether this nats-py has what the direct path and the ordered PING rely on."""
+        if self.direct_path:
+            self._ps = _Parser(self)
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         if initial_connection and "tls" in self.options:
@@ -103,23 +116,28 @@ class NatsClient(Client):
         super()._remove_sub(sid, max_msgs)
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-        direct = self._direct.get(sid)
-        if direct is not None and not headers:
-            sub = self._subs.get(sid)
-            if sub is not None and sub._pending_queue.empty() and await self._offer(direct, subject, reply, data):
-                self.stats["in_msgs"] += 1
-                self.stats["in_bytes"] += len(data)
-                sub._received += 1
-                return
-        await super()._process_msg(sid, subject, reply, data, headers)
+        if headers or not self._offer(sid, subject, reply, data):
+            await super()._process_msg(sid, subject, reply, data, headers)
 
-    async def _offer(self, direct: DirectHandler, subject: bytes, reply: bytes, data: bytes) -> bool:
+    def _offer(self, sid: int, subject: bytes, reply: bytes, data: bytes) -> bool:
+        """Offer a message without headers to its subscription's direct handler; True when it was handled."""
+        direct = self._direct.get(sid)
+        if direct is None:
+            return False
+        sub = self._subs.get(sid)
+        if sub is None or not sub._pending_queue.empty():
+            return False
         # The handler runs inside the read loop: whatever it raises must not end the connection.
         try:
-            return await direct(subject, reply, data)
+            handled = direct(subject, reply, data)
         except Exception:
             log.exception("the direct handler failed on a message on %s; the message is dropped", subject.decode())
-            return True
+            handled = True
+        if handled:
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            sub._received += 1
+        return handled
 
     def publish_now(self, subject: bytes, payload: bytes) -> bool:
         """Queue a message for the flusher without waiting, as `publish` would queue it; False, with nothing
@@ -143,3 +161,44 @@ class NatsClient(Client):
                 self._kick.set_result(None)
             flush_queue.put_nowait(self._kick)
         return True
+
+
+class _Parser(parser.Parser):
+    """nats-py's parser, but the whole MSG lines at the start of what a read brought are split here and offered
+    to their direct handlers by a plain call; the parser of nats-py takes over at the first anything else
+    (another operation, a message cut by the end of the read, a line it would reject), with the rest."""
+
+    nc: NatsClient
+
+    async def parse(self, data: bytes = b"") -> None:
+        nc = self.nc
+        if self.buf or self.state != parser.AWAITING_CONTROL_LINE or not nc._direct:
+            await super().parse(data)
+            return
+        size = len(data)
+        start = 0
+        while data.startswith(b"MSG ", start):
+            eol = data.find(b"\r\n", start)
+            if eol < 0:
+                break
+            fields = data[start + 4 : eol].split()
+            if len(fields) == 3:
+                subject, sid, length = fields
+                reply = b""
+            elif len(fields) == 4:
+                subject, sid, reply, length = fields
+            else:
+                break
+            if not (sid.isdigit() and length.isdigit()):
+                break
+            begin = eol + 2
+            end = begin + int(length)
+            if end + 2 > size:
+                break
+            payload = data[begin:end]
+            start = end + 2  # the payload's CRLF, skipped unread as nats-py's parser does
+            number = int(sid)
+            if not nc._offer(number, subject, reply, payload):
+                await Client._process_msg(nc, number, subject, reply, payload, b"")
+        if start < size:
+            await super().parse(data[start:] if start else data)

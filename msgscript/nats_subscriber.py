@@ -190,7 +190,7 @@ class NatsSubscriber:
         return on_message
 
     def _direct_handler(self, pattern: str) -> DirectHandler:
-        async def on_direct(raw_subject: bytes, raw_reply: bytes, data: bytes) -> bool:
+        def on_direct(raw_subject: bytes, raw_reply: bytes, data: bytes) -> bool:
             # Without a free slot the message waits in the subscription's queue, as every message used to.
             if tracing.enabled() or not self._in_flight.try_acquire():
                 return False
@@ -201,10 +201,12 @@ class NatsSubscriber:
             reply = self._answer_now(subject, raw_reply.decode(), data, pattern)
             if reply is None:
                 return True
-            if raw_reply and self._nc.publish_now(raw_reply, self._reply_data(reply)):
+            # A reply publish_now refuses (over the max payload, the pending buffer full, the connection down)
+            # is sent by a task, which keeps the slot until it is.
+            if not raw_reply or self._nc.publish_now(raw_reply, reply.to_json()):
                 self._in_flight.release()
-                return True
-            await self._respond_and_release(raw_reply.decode(), reply)
+            else:
+                self._start(self._respond(raw_reply.decode(), reply), subject)
             return True
 
         return on_direct

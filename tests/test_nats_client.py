@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from msgscript.nats_client import NatsClient
 from msgscript.nats_connect import connect_client
@@ -39,7 +40,7 @@ class Recorder:
         self.direct_seen: list[bytes] = []
         self.callback_seen: list[bytes] = []
 
-    async def direct(self, subject: bytes, reply: bytes, data: bytes) -> bool:
+    def direct(self, subject: bytes, reply: bytes, data: bytes) -> bool:
         assert subject == SUBJECT.encode()
         if data == b"decline":
             return False
@@ -148,3 +149,85 @@ async def test_publish_now_queues_for_the_flusher_and_refuses_once_closed(
         first, second = [await received.next_msg(timeout=TIMEOUT_S) for _ in range(2)]
     assert (first.data, second.data) == (b"one", b"")
     assert not client.publish_now(b"published.now", b"after close")
+
+
+def _wire(sid: int, subject: bytes, reply: bytes, payload: bytes, headers: bytes = b"") -> bytes:
+    """One message as nats-server writes it to a subscriber."""
+    reply_field = b" " + reply if reply else b""
+    if headers:
+        total = len(headers) + len(payload)
+        return b"HMSG %b %d%b %d %d\r\n%b%b\r\n" % (subject, sid, reply_field, len(headers), total, headers, payload)
+    return b"MSG %b %d%b %d\r\n%b\r\n" % (subject, sid, reply_field, len(payload), payload)
+
+
+async def test_the_parser_splits_messages_wherever_a_read_ends() -> None:
+    # What one read brings ends anywhere: inside a MSG line, inside a payload, between the payload and its CRLF.
+    # Cut the same stream at every point, the handler and the subscriptions' queues get the same messages (once a
+    # message waits in its subscription's queue, those after it queue behind it).
+    stream = b"".join(
+        [
+            _wire(1, b"a.b", b"_INBOX.x", b"one"),
+            b"+OK\r\n",
+            _wire(1, b"a.b", b"", b""),
+            _wire(1, b"a.b", b"r", b"decline"),
+            _wire(1, b"a.b", b"r", b"with\r\nCRLF inside", headers=b"NATS/1.0\r\nX: 1\r\n\r\n"),
+            _wire(7, b"other", b"r", b"no direct handler"),
+            _wire(1, b"a.b", b"_INBOX.y", b"MSG a.b 1 3\r\nend"),
+            _wire(3, b"c", b"_INBOX.z", b"last"),
+        ]
+    )
+    expected_direct = [(b"a.b", b"_INBOX.x", b"one"), (b"a.b", b"", b""), (b"c", b"_INBOX.z", b"last")]
+    expected_queued = [
+        (1, b"decline"),
+        (1, b"with\r\nCRLF inside"),
+        (1, b"MSG a.b 1 3\r\nend"),
+        (7, b"no direct handler"),
+    ]
+    for cut in range(len(stream) + 1):
+        client = NatsClient()
+        seen: list[tuple[bytes, bytes, bytes]] = []
+
+        def direct(subject: bytes, reply: bytes, data: bytes, seen: list[tuple[bytes, bytes, bytes]] = seen) -> bool:
+            if data == b"decline":
+                return False
+            seen.append((subject, reply, data))
+            return True
+
+        subs = {sid: Subscription(client, sid, subject) for sid, subject in ((1, "a.b"), (3, "c"), (7, "other"))}
+        client._subs.update(subs)
+        client._direct[1] = client._direct[3] = direct
+        await client._ps.parse(stream[:cut])
+        await client._ps.parse(stream[cut:])
+        queued = []
+        for sid, sub in subs.items():
+            while not sub._pending_queue.empty():
+                queued.append((sid, sub._pending_queue.get_nowait().data))
+        assert (seen, queued) == (expected_direct, expected_queued), f"cut at {cut}"
+        assert client.stats["in_msgs"] == len(expected_direct) + len(expected_queued)
+
+
+async def test_direct_messages_of_every_size_arrive_whole_and_in_order(nats_server: NatsServer, nc: nats.NATS) -> None:
+    # Payloads from empty to larger than a read, so that messages end mid-read and span reads.
+    sizes = [0, 1, 100, 4095, 40_000, 70_000, 3, 200_000, 17]
+    payloads = [bytes((i * 7 + k) % 256 for k in range(size)) for i, size in enumerate(sizes)]
+    async with ours(nats_server) as client:
+        seen: list[bytes] = []
+        done = asyncio.get_running_loop().create_future()
+
+        def direct(subject: bytes, reply: bytes, data: bytes) -> bool:
+            seen.append(data)
+            if len(seen) == len(payloads) * 20 and not done.done():
+                done.set_result(None)
+            return True
+
+        async def never(msg: Msg) -> None:
+            raise AssertionError("every message was for the direct handler")
+
+        await client.subscribe_direct(SUBJECT, "", never, direct)
+        await client.flush()
+        for _ in range(20):
+            for payload in payloads:
+                await nc.publish(SUBJECT, payload)
+        await nc.flush()
+        await asyncio.wait_for(done, TIMEOUT_S)
+    assert seen == payloads * 20
