@@ -92,17 +92,11 @@ class Dispatcher:
         """
         if tracing.enabled():
             return None
-        lookup = self._store.scripts_for(message.subject)
         try:
-            lookup.send(None)
-        except StopIteration as found:
-            scripts: list[Script] = found.value
+            scripts = self._store.scripts_now(message.subject)
         except StoreError:
             return None  # `dispatch` asks again, and reports the failure
-        else:
-            lookup.close()  # a lookup that waits is a read: `dispatch` makes it again
-            return None
-        if len(scripts) != 1:
+        if scripts is None or len(scripts) != 1:
             return None
         script = scripts[0]
         if script.durable or script.lock or script.libraries or (script.html and not html):

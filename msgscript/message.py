@@ -153,7 +153,7 @@ class Result:
         # The common result (no error, a payload) is written without a call per field.
         error = go_string(self.error) if self.error else '""'
         payload = self.payload
-        encoded = "null" if payload is None else '"' + base64.b64encode(payload).decode("ascii") + '"'
+        encoded = "null" if payload is None else '"' + binascii.b2a_base64(payload, newline=False).decode("ascii") + '"'
         return (
             f'{{"http_code":{int(self.http_code)},"error":{error},"http_headers":{headers},'
             f'"is_html":{"true" if self.is_html else "false"},"payload":{encoded}}}'
@@ -197,6 +197,8 @@ class Result:
 
 
 _RESULT_FIELDS = frozenset({"http_code", "error", "http_headers", "is_html", "payload"})
+_PLAIN_REPLY_HEAD = b'{"script_result":[{"http_code":0,"error":"","http_headers":null,"is_html":false,"payload":"'
+_PLAIN_REPLY_TAIL = b'"}],"is_html":false}'
 _REPLY_FIELDS = frozenset({"script_result", "is_html", "error"})
 
 
@@ -219,6 +221,13 @@ class Reply:
             results, is_html = "null", False
         elif len(found) == 1:  # most subjects have one script
             only = found[0]
+            payload = only.payload
+            if (
+                payload is not None
+                and not (only.http_code or only.error or only.is_html or self.error)
+                and only.http_headers is None
+            ):  # what most scripts answer: a payload and nothing else
+                return _PLAIN_REPLY_HEAD + binascii.b2a_base64(payload, newline=False) + _PLAIN_REPLY_TAIL
             results, is_html = "[" + only.to_json() + "]", only.is_html
         else:
             results, is_html = "[" + ",".join(r.to_json() for r in found) + "]", any(r.is_html for r in found)

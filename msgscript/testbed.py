@@ -39,7 +39,7 @@ from msgscript.executors.threads import WorkerThreads
 from msgscript.http.server import http_site
 from msgscript.inflight import InFlightLimit
 from msgscript.lua.contract import LuaModule
-from msgscript.lua.execution import Execution
+from msgscript.lua.execution import Execution, Shared
 from msgscript.lua.modules import builtin_modules
 from msgscript.lua.runtime import LuaSandbox, Outcome, Status
 from msgscript.lua.testing import HttpAnswer, LuaTestModule
@@ -236,13 +236,9 @@ class Testbed:
         return failure_from_error(outcome.error, case.suite, case.name, case.line)
 
     async def _run(self, suite: Suite, entry: bytes) -> Outcome:
-        execution = Execution(
-            deadline=time.monotonic() + self._timeout_s,
-            loop=asyncio.get_running_loop(),
-            nats=self._nats,
-            env=self._settings.env,
-            services=self._services,
-        )
+        loop = asyncio.get_running_loop()
+        shared = Shared(loop=loop, nats=self._nats, env=self._settings.env, services=self._services)
+        execution = Execution(time.monotonic() + self._timeout_s, shared)
         try:
             return await self._threads.run(
                 self._execute,

@@ -94,6 +94,9 @@ class BrokenStore(MemoryStore):
     async def scripts_for(self, subject: str) -> list[Script]:
         raise StoreError("etcd unreachable")
 
+    def scripts_now(self, subject: str) -> list[Script]:
+        raise StoreError("etcd unreachable")
+
 
 def stub_script(name: str = "one", **fields: Any) -> Script:
     return Script(subject=SUBJECT, name=name, content="-- run by the stub", executor_header="stub", **fields)

@@ -25,8 +25,10 @@ from msgscript.lua.runtime import INLINE_PYTHON_BYTES, MAX_OPEN_FILES
 from tests.test_executor_lua import MEMORY_CAP, error_of, run
 
 BINARY = "attempt to load a binary chunk (mode is 't')"
-# A pattern whose backtracking takes seconds in one C call, which no instruction hook can interrupt.
-STUCK_FIND = 'string.find(string.rep("a", 350), ".-.-.-b")'
+# A pattern whose backtracking takes seconds in one C call, which no instruction hook can interrupt: about 3.6 s
+# here, so that it outlasts the 2.5 s after which an abandoned thread is reported stuck (at 350 letters, 2.2 s
+# did not).
+STUCK_FIND = 'string.find(string.rep("a", 400), ".-.-.-b")'
 
 
 def make(threads: int = 4, **kwargs: Any) -> LuaExecutor:

@@ -313,6 +313,26 @@ def test_reply_json_matches_the_hello_golden() -> None:
     assert reply.to_json() == HELLO_REPLY
 
 
+@pytest.mark.parametrize(
+    "result",
+    [
+        Result(payload=b""),
+        Result(payload=bytes(range(256))),
+        Result(payload=b"x", http_code=201),
+        Result(payload=b"x", error="boom"),
+        Result(payload=b"x", http_headers={}),
+        Result(payload=b"x", is_html=True),
+        Result(),
+    ],
+)
+def test_a_one_result_reply_is_written_as_its_result_is(result: Result) -> None:
+    # The common reply (one result, only a payload) has a shortcut: it must write what the general encoding writes.
+    is_html = "true" if result.is_html else "false"
+    expected = f'{{"script_result":[{result.to_json()}],"is_html":{is_html}}}'.encode()
+    assert Reply(results=(result,)).to_json() == expected
+    assert Reply(results=(result,), error="e").to_json() == expected[:-1] + b',"error":"e"}'
+
+
 def test_reply_without_error_omits_the_error_key() -> None:
     assert Reply().to_json() == b'{"script_result":null,"is_html":false}'
     assert Reply(results=()).to_json() == b'{"script_result":[],"is_html":false}'

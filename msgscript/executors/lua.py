@@ -15,7 +15,7 @@ from msgscript.errors import ScriptError
 from msgscript.executors.base import RunContext
 from msgscript.executors.threads import WorkerThreads
 from msgscript.lua.contract import LuaModule
-from msgscript.lua.execution import Execution
+from msgscript.lua.execution import Execution, Shared
 from msgscript.lua.numbers import lua_number_text
 from msgscript.lua.runtime import (
     HOOK_INSTRUCTIONS,
@@ -110,15 +110,16 @@ class LuaExecutor:
         )
         self._on_stuck = on_stuck
         self._pool: WorkerThreads | None = None
-        # The loop the executor was opened on: asyncio.get_running_loop() makes a system call (getpid) each time.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._local = threading.local()
+        # Made once the executor is open, on its event loop (asyncio.get_running_loop() makes a system call).
+        self._shared: Shared | None = None
+        self._inline_sandbox: LuaSandbox | None = None  # the event loop's
+        self._local = threading.local()  # each worker thread's sandbox
         # Scripts that had to move to a worker, and when: they run there for RETRY_INLINE_AFTER_S.
         self._on_workers: dict[object, float] = {}
 
     async def __aenter__(self) -> LuaExecutor:
         self._pool = WorkerThreads(self._threads, name="msgscript-lua", on_stuck=self._on_stuck)
-        self._loop = asyncio.get_running_loop()
+        self._shared = Shared(loop=asyncio.get_running_loop(), nats=self._nats, env=self._env, services=self._services)
         return self
 
     async def __aexit__(
@@ -139,7 +140,8 @@ class LuaExecutor:
         None means that nothing of the script took effect (it did not start, or it was abandoned before any
         effect); `run` then runs it on a worker. Raises what `run` raises.
         """
-        if self._pool is None:
+        shared = self._shared
+        if shared is None:
             raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
         now = time.monotonic()
         if now >= ctx.deadline:
@@ -151,8 +153,7 @@ class LuaExecutor:
             return None
         if len(message.payload) > INLINE_MAX_PAYLOAD_BYTES:
             return None
-        execution = self._execution(ctx)
-        result = self._execute(script, message, ctx, execution, key, True)
+        result = self._execute(script, message, ctx, Execution(ctx.deadline, shared), key, True)
         if result is not None:
             if moved is not None:
                 del self._on_workers[key]
@@ -167,11 +168,11 @@ class LuaExecutor:
         result = self.run_now(script, message, ctx)
         if result is not None:
             return result
-        pool = self._pool
-        if pool is None:
+        pool, shared = self._pool, self._shared
+        if pool is None or shared is None:
             raise RuntimeError("LuaExecutor is not open (use it with `async with`)")
         key: object = (ctx.libraries, script.content) if ctx.libraries else script.content
-        execution = self._execution(ctx)
+        execution = Execution(ctx.deadline, shared)
         try:
             result = await pool.run(
                 self._execute,
@@ -191,18 +192,16 @@ class LuaExecutor:
             raise RuntimeError("a worker execution asked to move")
         return result
 
-    def _execution(self, ctx: RunContext) -> Execution:
-        return Execution(
-            deadline=ctx.deadline, loop=self._loop, nats=self._nats, env=self._env, services=self._services
-        )
-
     def _sandbox(self, inline: bool) -> LuaSandbox:
-        # A thread runs one kind of execution only: the event loop's are inline, the workers' are not.
-        sandbox: LuaSandbox | None = getattr(self._local, "sandbox", None)
+        # Inline executions run on the event loop's sandbox, the others on their worker thread's.
+        sandbox = self._inline_sandbox if inline else getattr(self._local, "sandbox", None)
         if sandbox is None:
             hook = INLINE_HOOK_INSTRUCTIONS if inline else HOOK_INSTRUCTIONS
             sandbox = LuaSandbox(self._modules, self._max_memory_bytes, self._inline_modules, hook_instructions=hook)
-            self._local.sandbox = sandbox
+            if inline:
+                self._inline_sandbox = sandbox
+            else:
+                self._local.sandbox = sandbox
         return sandbox
 
     def _execute(

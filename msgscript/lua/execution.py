@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from msgscript.errors import MsgscriptError
@@ -36,12 +37,23 @@ class LuaMemoryError(MsgscriptError, MemoryError):
         super().__init__(NOT_ENOUGH_MEMORY)
 
 
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What every execution of one executor is given: the event loop, the NATS client of the `nats` module,
+    the environment scripts see, and the daemon's service clients."""
+
+    loop: Any
+    nats: Any | None
+    env: Mapping[str, str]
+    services: Services | None
+
+
 class Execution:
     """Per-execution resources: the deadline and cancellation, the Python-side memory budget of the module call
     in progress, the lazily created scratch directory and module context, and what must be closed at the end.
 
     `deadline` and `cancelled` are read by the Lua hook on the execution's thread; `cancel` is called from the
-    event loop.
+    event loop. An execution is made for every message, so it sets no more than it must.
     """
 
     __slots__ = (
@@ -56,27 +68,13 @@ class Execution:
         "_workdir",
         "cancelled",
         "deadline",
-        "env",
-        "loop",
-        "nats",
-        "services",
+        "shared",
     )
 
-    def __init__(
-        self,
-        *,
-        deadline: float,
-        loop: Any,
-        nats: Any | None,
-        env: Mapping[str, str],
-        services: Services | None,
-    ) -> None:
+    def __init__(self, deadline: float, shared: Shared) -> None:
         self.deadline = deadline
         self.cancelled = False
-        self.loop = loop
-        self.nats = nats
-        self.env = env
-        self.services = services
+        self.shared = shared
         self._workdir: str | None = None
         self._cwd: str | None = None
         self._context: ModuleContext | None = None
@@ -144,14 +142,15 @@ class Execution:
     def module_context(self, to_lua: Callable[[object], object]) -> ModuleContext:
         """The context handed to LuaModule.load, created on first use."""
         if self._context is None:
+            shared = self.shared
             self._context = ModuleContext(
-                loop=self.loop,
-                nats=self.nats,
-                env=self.env,
+                loop=shared.loop,
+                nats=shared.nats,
+                env=shared.env,
                 deadline=self.deadline,
                 workdir=self.workdir,
                 chdir=self.chdir,
-                services=self.services,
+                services=shared.services,
                 to_lua=to_lua,
                 on_close=self._cleanups.append,
                 set_global=self._globals.__setitem__,

@@ -867,7 +867,7 @@ local function finish_call(was_inline, ok, ...)
   return failure(3, was_inline, (...))
 end
 
-local function run(chunk, html, fname, a, b, c, run_inline)
+local function run(chunk, html, fname, a, b, c, run_inline, armed)
   -- Only Python calls the driver; a script reaching it again would run without its deadline.
   if active then error("msgscript: the Lua driver is already running", 0) end
   expired, escalated, in_hook, inline = false, false, false, run_inline
@@ -875,8 +875,9 @@ local function run(chunk, html, fname, a, b, c, run_inline)
   cur_env, cur_chunk = env, chunk
   setfenv(chunk, env)
   active = true
-  -- The memory cap goes on only now: lupa cannot survive a failed allocation while it pushes arguments.
-  py_arm()
+  -- Unless Python put it on before (small arguments), the memory cap goes on only now: lupa cannot survive a
+  -- failed allocation while it pushes arguments.
+  if not armed then py_arm() end
   local ok, err = xpcall(chunk, handler)
   if not ok then
     cleanup()

@@ -19,6 +19,11 @@ class Store(Protocol):
         """Every script whose subject (or subject pattern) matches `subject`; [] when none."""
         ...
 
+    def scripts_now(self, subject: str) -> list[Script] | None:
+        """What `scripts_for` answers, when the store can tell without waiting; None when it cannot (ask
+        `scripts_for` then). Raises what `scripts_for` raises."""
+        ...
+
     async def script(self, subject: str, name: str) -> Script | None:
         """The script stored under exactly this subject and name, if any."""
         ...

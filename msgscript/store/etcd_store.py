@@ -138,6 +138,10 @@ class EtcdStore:
         """Scripts whose subject is `subject` or a wildcard pattern matching it."""
         return await self._memory.scripts_for(subject)
 
+    def scripts_now(self, subject: str) -> list[Script]:
+        """What `scripts_for` answers: the scripts are held in memory."""
+        return self._memory.scripts_now(subject)
+
     async def script(self, subject: str, name: str) -> Script | None:
         """The script stored under exactly this subject and name."""
         return await self._memory.script(subject, name)
