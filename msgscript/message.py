@@ -197,8 +197,25 @@ class Result:
 
 
 _RESULT_FIELDS = frozenset({"http_code", "error", "http_headers", "is_html", "payload"})
-_PLAIN_REPLY_HEAD = b'{"script_result":[{"http_code":0,"error":"","http_headers":null,"is_html":false,"payload":"'
-_PLAIN_REPLY_TAIL = b'"}],"is_html":false}'
+_PLAIN_HEAD = b'[{"http_code":0,"error":"","http_headers":null,"is_html":false,"payload":"'
+_PLAIN_TAIL = b'"}]'
+
+
+def results_json(results: tuple[Result, ...] | None) -> bytes:
+    """The JSON array of results (`null` when there are none at all): a Reply's `script_result`, and what the
+    HTTP gateway answers in JSON mode."""
+    if results is None:
+        return b"null"
+    if len(results) == 1:  # most subjects have one script
+        only = results[0]
+        payload = only.payload
+        if payload is not None and not (only.http_code or only.error or only.is_html) and only.http_headers is None:
+            # What most scripts answer, a payload and nothing else, is written without the general encoding.
+            return _PLAIN_HEAD + binascii.b2a_base64(payload, newline=False) + _PLAIN_TAIL
+        return ("[" + only.to_json() + "]").encode()
+    return ("[" + ",".join(r.to_json() for r in results) + "]").encode()
+
+
 _REPLY_FIELDS = frozenset({"script_result", "is_html", "error"})
 
 
@@ -218,21 +235,15 @@ class Reply:
         """Encode as the Go Reply: `script_result`, `is_html`, and `error` only when set."""
         found = self.results
         if found is None:
-            results, is_html = "null", False
+            is_html = False
         elif len(found) == 1:  # most subjects have one script
-            only = found[0]
-            payload = only.payload
-            if (
-                payload is not None
-                and not (only.http_code or only.error or only.is_html or self.error)
-                and only.http_headers is None
-            ):  # what most scripts answer: a payload and nothing else
-                return _PLAIN_REPLY_HEAD + binascii.b2a_base64(payload, newline=False) + _PLAIN_REPLY_TAIL
-            results, is_html = "[" + only.to_json() + "]", only.is_html
+            is_html = found[0].is_html
         else:
-            results, is_html = "[" + ",".join(r.to_json() for r in found) + "]", any(r.is_html for r in found)
-        error = f',"error":{go_string(self.error)}' if self.error else ""
-        return f'{{"script_result":{results},"is_html":{"true" if is_html else "false"}{error}}}'.encode()
+            is_html = any(r.is_html for r in found)
+        tail = b',"is_html":true' if is_html else b',"is_html":false'
+        if self.error:
+            tail += b',"error":' + go_string(self.error).encode()
+        return b'{"script_result":' + results_json(found) + tail + b"}"
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Reply:

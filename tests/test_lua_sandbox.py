@@ -350,6 +350,28 @@ async def test_module_results_past_the_cap_are_a_memory_error() -> None:
     assert text == "not enough memory|not enough memory|1000charged"
 
 
+async def test_executions_that_reach_the_cap_end_cleanly_and_leave_the_next_its_whole_cap(ex: LuaExecutor) -> None:
+    # Without files to close, the driver finishes with the cap still on (Python takes it off): what it does after
+    # the script must need no memory, whether the script caught its memory error or not.
+    caught = """
+        function OnMessage()
+            local t, i = {}, 0
+            local ok, err = pcall(function() while true do i = i + 1; t[i] = string.rep("x", 1024) .. i end end)
+            t = nil
+            collectgarbage()
+            return tostring(ok) .. " " .. tostring(err)
+        end
+    """
+    uncaught = 'function OnMessage() local t = {} for i = 1, 1e9 do t[i] = string.rep("y", 1024) .. i end end'
+    at_the_top = 'local t = {} for i = 1, 1e9 do t[i] = string.rep("z", 1024) .. i end function OnMessage() end'
+    quarter = f'function OnMessage() return tostring(#string.rep("w", {MEMORY_CAP // 4})) end'
+    for _ in range(3):
+        assert await payload(ex, caught) == "false not enough memory"
+        assert (await error_of(ex, uncaught)).startswith("failed to call OnMessage function: not enough memory")
+        assert (await error_of(ex, at_the_top)).startswith("error executing Lua script: not enough memory")
+        assert await payload(ex, quarter) == str(MEMORY_CAP // 4)
+
+
 async def test_inline_executions_move_instead_of_failing_at_their_small_cap() -> None:
     class Where:
         name = "where"

@@ -19,7 +19,7 @@ from msgscript.errors import NoScripts, StoreError
 from msgscript.http.access import may_browse
 from msgscript.http.body import BadBody, BodyError, body_error_response, read_body
 from msgscript.http.keys import CATALOG, DISPATCHER, DURABLE, IN_FLIGHT, METRICS, SETTINGS, TASKS
-from msgscript.message import MSG_ID_HEADER, Message, Reply, Result
+from msgscript.message import MSG_ID_HEADER, Message, Reply, Result, results_json
 from msgscript.subjects import is_valid_subject
 
 if TYPE_CHECKING:
@@ -98,15 +98,6 @@ def html_response(result: Result) -> web.Response:
     if "Content-Type" not in headers:
         headers["Content-Type"] = HTML_CONTENT_TYPE
     return web.Response(status=status, body=result.payload or b"", headers=headers)
-
-
-def results_json(results: tuple[Result, ...] | None) -> bytes:
-    """The JSON array of results the gateway answers in JSON mode (`null` when there are none at all)."""
-    if results is None:
-        return b"null"
-    if len(results) == 1:  # most subjects have one script
-        return ("[" + results[0].to_json() + "]").encode()
-    return ("[" + ",".join(r.to_json() for r in results) + "]").encode()
 
 
 def reply_response(reply: Reply) -> web.Response:

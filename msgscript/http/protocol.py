@@ -15,6 +15,7 @@ whose server builds these connections (and leaves request bodies undecoded, for 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -65,6 +66,11 @@ _HOST = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=256)  # clients send the same few hosts again and again
+def _valid_host(host: str) -> bool:
+    return _HOST.fullmatch(host) is not None
+
+
 def request_rejection(message: RawRequestMessage) -> HttpProcessingError | None:
     """Why a request the parser accepted is not served, or None; runs for every request, so it stays cheap.
 
@@ -79,7 +85,7 @@ def request_rejection(message: RawRequestMessage) -> HttpProcessingError | None:
             message=f"HTTP/{version.major}.{version.minor} is not supported, only HTTP/1.0 and HTTP/1.1"
         )
     host = message.headers.get(hdrs.HOST)
-    if host is not None and _HOST.fullmatch(host) is None:
+    if host is not None and not _valid_host(host):
         return BadHttpMessage("invalid Host header")
     if message.method == hdrs.METH_CONNECT:
         return BadHttpMessage("CONNECT is not supported, this server is not a proxy")

@@ -9,6 +9,7 @@ the usual way (msgscript.http.gateway), which answers the same request the same 
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from aiohttp import hdrs, web
@@ -18,9 +19,9 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11, RawRequestMessage
 from msgscript import tracing
 from msgscript.catalog import INTERNAL_SUBJECTS
 from msgscript.http import gateway
-from msgscript.http.gateway import PLAIN_UTF8, answer_now, results_json, script_url
+from msgscript.http.gateway import PLAIN_UTF8, answer_now, script_url
 from msgscript.http.keys import SETTINGS
-from msgscript.message import Message
+from msgscript.message import Message, results_json
 from msgscript.subjects import is_valid_subject
 
 # What GatewayConnection uses of aiohttp's connection to answer a request in its stead (see `supported`).
@@ -102,6 +103,7 @@ class QuickAnswers:
         return _HEAD % (len(json), rfc822_formatted_time().encode()) + json
 
 
+@functools.lru_cache(maxsize=1024)  # a gateway sees the same few subjects again and again
 def _is_gateway_subject(subject: str) -> bool:
     """True when the gateway runs scripts for `subject` (not an inbox, not an internal subject)."""
     return is_valid_subject(subject) and not subject.startswith("_INBOX.") and subject not in INTERNAL_SUBJECTS

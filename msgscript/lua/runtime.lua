@@ -756,7 +756,10 @@ local function clear(t)
 end
 
 local function cleanup()
-  py_disarm()
+  -- Closing files, removing temporary files and resetting io may allocate, and must not fail for want of memory:
+  -- the cap comes off first. Nothing else here allocates (nor does what the driver does after it), so without
+  -- them the cap stays on until Python takes it off when the driver returns, which spares a call to Python.
+  if nfiles > 0 or ntemps > 0 or nthreads > 0 or io_touched then py_disarm() end
   active, inline, in_hook = false, false, false
   cur_env = nil
   -- The cached chunk must not keep the finished execution's globals alive.
@@ -856,7 +859,8 @@ local function index(t, k) return t[k] end
 -- small memory cap included), or the error.
 local function failure(code, was_inline, err)
   if expired then return 4 end
-  if escalated or (was_inline and type(err) == "string" and sub(err, 1, #MEMERR) == MEMERR) then return 5 end
+  -- find, not sub: it makes no string, and the cap may still be on.
+  if escalated or (was_inline and type(err) == "string" and find(err, MEMERR, 1, true) == 1) then return 5 end
   return code, err
 end
 
