@@ -259,14 +259,7 @@ class Testbed:
             sandbox = LuaSandbox(self._modules, self._settings.max_memory_bytes)
             self._local.sandbox = sandbox
         try:
-            return sandbox.run(
-                (suite.path, suite.source),
-                (_LISTER + suite.source,),
-                html=False,
-                entry=entry,
-                args=(b"", b""),
-                execution=execution,
-            )
+            return sandbox.run((suite.path, suite.source), (_LISTER + suite.source,), False, entry, b"", b"", execution)
         finally:
             execution.close()
 

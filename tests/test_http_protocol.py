@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from msgscript.http.protocol import simple_request
 from msgscript.http.quick import QuickAnswers
 from tests.conftest import gateway_daemon
 from tests.http_wire import Answer, connection, exchange, exchange_then_closed, is_closed, read_answer
@@ -173,3 +174,89 @@ async def test_an_html_script_is_answered_with_its_page_not_by_the_connection(po
     answer = await exchange(port, post(b"/http.hello"))
     assert answer.status_line == "HTTP/1.1 200 OK"
     assert answer.headers["Content-Type"] == "text/html"
+
+
+# --- Requests read without aiohttp's parser (msgscript.http.protocol.simple_request) --------------
+
+SIMPLE = (
+    b"POST /funcs.hello HTTP/1.1\r\nHost: 127.0.0.1:7643\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nJohn"
+)
+
+
+async def test_the_plainest_requests_are_read_without_aiohttp() -> None:
+    assert simple_request(SIMPLE) == ("POST", "/funcs.hello", b"John")
+    assert simple_request(b"GET /funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n") == ("GET", "/funcs.hello", b"")
+    spelled = b"DELETE /a.b HTTP/1.1\r\nhost:x\r\nconnection: Keep-Alive\r\ncontent-length:\t0 \r\nX-Empty:\r\n\r\n"
+    assert simple_request(spelled) == ("DELETE", "/a.b", b"")
+
+
+NOT_SIMPLE = {
+    "HTTP/1.0": SIMPLE.replace(b"HTTP/1.1", b"HTTP/1.0"),
+    "a lowercase method": SIMPLE.replace(b"POST", b"post", 1),
+    "HEAD": b"HEAD /funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n",
+    "CONNECT": b"CONNECT /funcs.hello HTTP/1.1\r\nHost: x\r\n\r\n",
+    "a query": SIMPLE.replace(b"/funcs.hello", b"/funcs.hello?x=1"),
+    "an escape": SIMPLE.replace(b"/funcs.hello", b"/funcs%2Ehello"),
+    "two segments": SIMPLE.replace(b"/funcs.hello", b"/funcs/hello"),
+    "an absolute target": SIMPLE.replace(b"/funcs.hello", b"http://x/funcs.hello"),
+    "two spaces in the request line": SIMPLE.replace(b"POST ", b"POST  "),
+    "leading empty lines": b"\r\n" + SIMPLE,
+    "no Host": SIMPLE.replace(b"Host: 127.0.0.1:7643\r\n", b""),
+    "two Hosts": SIMPLE.replace(b"Host: 127.0.0.1:7643\r\n", b"Host: a\r\nHost: a\r\n"),
+    "an invalid Host": SIMPLE.replace(b"127.0.0.1:7643", b"a b"),
+    "two Content-Lengths": SIMPLE.replace(b"Content-Length: 4\r\n", b"Content-Length: 4\r\nContent-Length: 4\r\n"),
+    "a signed Content-Length": SIMPLE.replace(b"Content-Length: 4", b"Content-Length: +4"),
+    "Transfer-Encoding": SIMPLE.replace(b"Content-Length: 4\r\n", b"Content-Length: 4\r\nTransfer-Encoding: x\r\n"),
+    "Expect": SIMPLE.replace(b"Content-Type", b"Expect: 100-continue\r\nContent-Type"),
+    "Content-Encoding": SIMPLE.replace(b"Content-Type", b"Content-Encoding: gzip\r\nContent-Type"),
+    "Upgrade": SIMPLE.replace(b"Content-Type", b"Upgrade: h2c\r\nContent-Type"),
+    "Connection: close": SIMPLE.replace(b"Content-Type", b"Connection: close\r\nContent-Type"),
+    "a space before a colon": SIMPLE.replace(b"Content-Type:", b"Content-Type :"),
+    "a folded header": SIMPLE.replace(b"text/plain", b"text/plain\r\n x"),
+    "a bare LF": SIMPLE.replace(b"text/plain\r\n", b"text/plain\nX-A: 1\r\n"),
+    "a bare CR": SIMPLE.replace(b"text/plain", b"text\rplain"),
+    "a NUL": SIMPLE.replace(b"text/plain", b"text\x00plain"),
+    "a Latin-1 value": SIMPLE.replace(b"text/plain", b"caf\xe9"),
+    "a body short of its length": SIMPLE[:-1],
+    "a body past its length": SIMPLE + b"x",
+    "a second request behind it": SIMPLE + SIMPLE,
+    "headers not all there": SIMPLE[:40],
+    "a head past aiohttp's line limit": SIMPLE.replace(b"text/plain", b"x" * 8200),
+}
+
+
+@pytest.mark.parametrize("data", NOT_SIMPLE.values(), ids=NOT_SIMPLE.keys())
+async def test_anything_else_is_left_to_aiohttp(data: bytes) -> None:
+    assert simple_request(data) is None
+
+
+async def test_a_simple_request_is_answered_as_aiohttp_answers_it_in_pieces(port: int) -> None:
+    # Whole in one write: read without aiohttp's parser. In two writes: the first is no whole request, and the
+    # connection leaves all it reads to aiohttp's parser from then on.
+    whole = await exchange(port, SIMPLE)
+    async with connection(port) as (reader, writer):
+        writer.write(SIMPLE[:30])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(SIMPLE[30:])
+        in_pieces = await read_answer(reader)
+        writer.write(SIMPLE)  # the same connection, now through aiohttp's parser
+        after = await read_answer(reader)
+    assert undated(whole) == undated(in_pieces) == undated(after)
+    (result,) = json.loads(whole.body)
+    assert base64.b64decode(result["payload"]) == b"Processed subject: funcs.hello with payload: John"
+
+
+async def test_a_connection_answers_simple_and_other_requests_in_order(port: int) -> None:
+    health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"  # simple, but a route of its own: aiohttp serves it
+    async with connection(port) as (reader, writer):
+        answers = []
+        for data in (SIMPLE, health, SIMPLE, SIMPLE + post(b"/funcs.hello?x=1"), SIMPLE):
+            writer.write(data)
+            answers.append(await read_answer(reader))
+            if data.count(b"HTTP/1.1") == 2:
+                answers.append(await read_answer(reader))
+    assert [answer.status for answer in answers] == [200] * 6
+    assert answers[1].body == (await exchange(port, health)).body
+    hello = [answers[i] for i in (0, 2, 3, 4, 5)]
+    assert [undated(answer) for answer in hello] == [undated(answers[0])] * 5

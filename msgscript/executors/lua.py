@@ -18,8 +18,10 @@ from msgscript.lua.contract import LuaModule
 from msgscript.lua.execution import Execution, Shared
 from msgscript.lua.numbers import lua_number_text
 from msgscript.lua.runtime import (
+    ESCALATE,
     HOOK_INSTRUCTIONS,
     INLINE_HOOK_INSTRUCTIONS,
+    OK,
     LuaSandbox,
     Outcome,
     Status,
@@ -153,7 +155,10 @@ class LuaExecutor:
             return None
         if len(message.payload) > INLINE_MAX_PAYLOAD_BYTES:
             return None
-        result = self._execute(script, message, ctx, Execution(ctx.deadline, shared), key, True)
+        sandbox = self._inline_sandbox
+        if sandbox is None:
+            sandbox = self._inline_sandbox = self._new_sandbox(INLINE_HOOK_INSTRUCTIONS)
+        result = self._execute(sandbox, script, message, ctx, Execution(ctx.deadline, shared), key, INLINE_BUDGET_S)
         if result is not None:
             if moved is not None:
                 del self._on_workers[key]
@@ -175,13 +180,12 @@ class LuaExecutor:
         execution = Execution(ctx.deadline, shared)
         try:
             result = await pool.run(
-                self._execute,
+                self._execute_on_worker,
                 script,
                 message,
                 ctx,
                 execution,
                 key,
-                False,
                 deadline=ctx.deadline,
                 on_cancel=execution.cancel,
                 what=f"script {script.name} on {script.subject}",
@@ -192,59 +196,65 @@ class LuaExecutor:
             raise RuntimeError("a worker execution asked to move")
         return result
 
-    def _sandbox(self, inline: bool) -> LuaSandbox:
-        # Inline executions run on the event loop's sandbox, the others on their worker thread's.
-        sandbox = self._inline_sandbox if inline else getattr(self._local, "sandbox", None)
+    def _new_sandbox(self, hook_instructions: int) -> LuaSandbox:
+        return LuaSandbox(
+            self._modules, self._max_memory_bytes, self._inline_modules, hook_instructions=hook_instructions
+        )
+
+    def _execute_on_worker(
+        self, script: Script, message: Message, ctx: RunContext, execution: Execution, key: object
+    ) -> Result | None:
+        """Run one execution on this worker thread, in its own sandbox."""
+        sandbox: LuaSandbox | None = getattr(self._local, "sandbox", None)
         if sandbox is None:
-            hook = INLINE_HOOK_INSTRUCTIONS if inline else HOOK_INSTRUCTIONS
-            sandbox = LuaSandbox(self._modules, self._max_memory_bytes, self._inline_modules, hook_instructions=hook)
-            if inline:
-                self._inline_sandbox = sandbox
-            else:
-                self._local.sandbox = sandbox
-        return sandbox
+            sandbox = self._local.sandbox = self._new_sandbox(HOOK_INSTRUCTIONS)
+        return self._execute(sandbox, script, message, ctx, execution, key, 0.0)
 
     def _execute(
         self,
+        sandbox: LuaSandbox,
         script: Script,
         message: Message,
         ctx: RunContext,
         execution: Execution,
         key: object,
-        inline: bool,
+        inline_budget_s: float,
     ) -> Result | None:
-        """Run one execution on this thread; None when an inline execution has to move to a worker."""
-        sandbox = self._sandbox(inline)
-        sources = (*ctx.libraries, script.content)
+        """Run one execution in `sandbox` (inline with a budget); None when an inline execution has to move to a
+        worker."""
+        if script.html:
+            html, entry, first, meta = True, _encode(message.method), _encode(message.url), None
+        else:
+            html, entry, first = False, b"OnMessage", _encode(message.subject)
+            meta = None if message.delivery is None else message.delivery.to_lua()
         try:
-            if script.html:
-                entry, first = _encode(message.method), _encode(message.url)
-            else:
-                entry, first = b"OnMessage", _encode(message.subject)
             outcome = sandbox.run(
                 key,
-                sources,
-                html=script.html,
-                entry=entry,
-                args=(first, message.payload),
-                execution=execution,
-                inline_budget_s=INLINE_BUDGET_S if inline else 0.0,
-                meta=None if message.delivery is None or script.html else message.delivery.to_lua(),
+                (*ctx.libraries, script.content),
+                html,
+                entry,
+                first,
+                message.payload,
+                execution,
+                inline_budget_s,
+                meta,
             )
         finally:
             execution.close()
-        if outcome.status is Status.ESCALATE:
+        status = outcome.status
+        if status is OK and not script.html:
+            payload = outcome.values[0] if outcome.values else None
+            return Result(payload=payload if isinstance(payload, bytes) else None)
+        if status is ESCALATE:
             return None
         return _result(script, message, ctx, outcome)
 
 
 def _result(script: Script, message: Message, ctx: RunContext, outcome: Outcome) -> Result:
+    """The Result of an execution that did not end with an OnMessage answer."""
     status = outcome.status
     if status is Status.OK:
-        if script.html:
-            return _html_result(outcome.values)
-        payload = outcome.values[0] if outcome.values else None
-        return Result(payload=payload if isinstance(payload, bytes) else None)
+        return _html_result(outcome.values)
     if status is Status.TIMEOUT:
         raise ctx.timed_out()
     if status is Status.CHUNK_ERROR:

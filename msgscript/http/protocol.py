@@ -66,9 +66,68 @@ _HOST = re.compile(
 )
 
 
+_SIMPLE_METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+# One path segment of characters that need no decoding (no `%`), without a query.
+_SIMPLE_TARGET = re.compile(rb"/[-A-Za-z0-9._~!$&'()*+,;=:@]+")
+# A token, a colon (no space before it), then visible ASCII, spaces and tabs: no obs-fold, no stray CR or LF.
+_SIMPLE_HEADER = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):([\t\x20-\x7e]*)")
+_SIMPLE_HEAD_BYTES = 8190
+"""aiohttp's limit on one header line: a simple request's whole head stays within it."""
+_NOT_SIMPLE_HEADERS = frozenset({b"transfer-encoding", b"expect", b"content-encoding", b"upgrade"})
+
+
 @functools.lru_cache(maxsize=256)  # clients send the same few hosts again and again
-def _valid_host(host: str) -> bool:
+def valid_host(host: str) -> bool:
+    """Whether a Host header's value is a uri-host with an optional port."""
     return _HOST.fullmatch(host) is not None
+
+
+def simple_request(data: bytes) -> tuple[str, str, bytes] | None:
+    """The method, target and body of `data` when it is exactly one whole request of the plainest kind; else None.
+
+    The plainest kind: an HTTP/1.1 request line with a common method and a one-segment target that needs no
+    decoding; header lines of a token, a colon and visible ASCII; one valid Host; at most one Content-Length,
+    and no Transfer-Encoding, Expect, Content-Encoding or Upgrade, nor a Connection other than keep-alive; a
+    head within aiohttp's line limit; and a body that is the rest of `data`. aiohttp's parser reads such a
+    request the same way, and reads everything else.
+    """
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > _SIMPLE_HEAD_BYTES:
+        return None
+    lines = data[:end].split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
+        return None
+    raw_method, raw_target, _ = request_line
+    method = raw_method.decode("latin-1")
+    if method not in _SIMPLE_METHODS or _SIMPLE_TARGET.fullmatch(raw_target) is None:
+        return None
+    length = 0
+    seen_length = False
+    host = None
+    for line in lines[1:]:
+        header = _SIMPLE_HEADER.fullmatch(line)
+        if header is None:
+            return None
+        name = header[1].lower()
+        value = header[2].strip(b" \t")
+        if name == b"content-length":
+            if seen_length or not value.isdigit():
+                return None
+            seen_length, length = True, int(value)
+        elif name == b"host":
+            if host is not None:
+                return None
+            host = value.decode("ascii")
+        elif name == b"connection":
+            if value.lower() != b"keep-alive":
+                return None
+        elif name in _NOT_SIMPLE_HEADERS:
+            return None
+    start = end + 4
+    if host is None or len(data) != start + length or not valid_host(host):
+        return None
+    return method, raw_target.decode("ascii"), data[start:]
 
 
 def request_rejection(message: RawRequestMessage) -> HttpProcessingError | None:
@@ -85,7 +144,7 @@ def request_rejection(message: RawRequestMessage) -> HttpProcessingError | None:
             message=f"HTTP/{version.major}.{version.minor} is not supported, only HTTP/1.0 and HTTP/1.1"
         )
     host = message.headers.get(hdrs.HOST)
-    if host is not None and not _valid_host(host):
+    if host is not None and not valid_host(host):
         return BadHttpMessage("invalid Host header")
     if message.method == hdrs.METH_CONNECT:
         return BadHttpMessage("CONNECT is not supported, this server is not a proxy")
@@ -123,7 +182,10 @@ class GatewayConnection(web.RequestHandler):
     408) and the connection closes after the response.
 
     A request that arrives whole while aiohttp's loop waits for one is offered to QuickAnswers, which may answer
-    it here: nothing earlier on the connection is left unanswered then, so the answers keep their order.
+    it here: nothing earlier on the connection is left unanswered then, so the answers keep their order. While
+    every read of the connection has been exactly one whole request of the plainest kind (`simple_request`),
+    aiohttp's parser holds nothing, and such a request is offered without it; the first read that is anything
+    else goes to aiohttp's parser, which reads all that follows.
     """
 
     def __init__(self, manager: GatewayServer, **kwargs: Any) -> None:
@@ -134,6 +196,7 @@ class GatewayConnection(web.RequestHandler):
         self._body: StreamReader | None = None  # the body being received, until it is complete
         self._partial = False  # some bytes of a request whose headers are not complete have arrived
         self._quick = manager.quick
+        self._simple = manager.quick is not None  # every read so far was one simple request
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the header deadline with the connection: a client that connects and says nothing is a stall too."""
@@ -152,6 +215,12 @@ class GatewayConnection(web.RequestHandler):
         if self._force_close or self._close:
             super().data_received(data)
             return
+        if self._simple and data:
+            request = simple_request(data)
+            if request is None:
+                self._simple = False  # aiohttp's parser may keep part of this read: it reads everything from now on
+            elif self._answered_simply(*request):
+                return
         messages = self._messages
         queued = len(messages)
         # aiohttp's loop waits on this future for requests; it is woken below, unless the request is answered here.
@@ -218,15 +287,44 @@ class GatewayConnection(web.RequestHandler):
         self._messages.popleft()
         if self._parser is not None:
             self._parser.message_consumed()  # what aiohttp's loop does with each request it takes
+        self._send(transport, response)
+        return True
+
+    def _answered_simply(self, method: str, target: str, body: bytes) -> bool:
+        """Answer a simple request that aiohttp's parser has not seen, if aiohttp's loop waits and QuickAnswers takes
+        it; True if done."""
+        quick = self._quick
+        waiter = self._waiter
+        transport = self.transport
+        if (
+            quick is None
+            or waiter is None
+            or waiter.done()
+            or self._messages
+            or transport is None
+            or transport.is_closing()
+            or not self._keepalive
+        ):
+            return False
+        response = quick.answer_simple(method, target, body)
+        if response is None:
+            return False
+        self._request_count += 1  # as aiohttp counts the requests it parses
+        self._disarm()  # the header deadline of a request that came whole
+        self._partial = False
+        self._send(transport, response)
+        return True
+
+    def _send(self, transport: asyncio.Transport, response: bytes) -> None:
+        """Write a response answered here, with what aiohttp's loop does after each response it writes."""
         if self._manager is not None:
             self._manager.requests_count += 1
         transport.write(response)
-        # And what it does after each response: the idle timeout of the connection runs from now.
+        # The idle timeout of the connection runs from now.
         close_time = self._loop.time() + self._keepalive_timeout
         self._next_keepalive_close_time = close_time
         if self._keepalive_handle is None:
             self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
-        return True
 
     def _stream_of(self, body: bytes) -> StreamReader:
         """A finished request body stream holding `body`."""

@@ -5,6 +5,10 @@ its writer) costs about as much CPU as a whole request to a bare aiohttp handler
 none of it when its script answers at once (`Dispatcher.dispatch_now`): GatewayConnection hands such a request
 to `QuickAnswers.answer`, which runs it and gives back the bytes aiohttp would have written. Everything else goes
 the usual way (msgscript.http.gateway), which answers the same request the same way, byte for byte.
+
+Parsing the request is the larger part of what is left, and most requests are of the plainest kind (one
+segment, a few ordinary headers, a Content-Length, all in one read): the connection reads those without
+aiohttp's parser (msgscript.http.protocol.simple_request) and hands them to `QuickAnswers.answer_simple`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ _HANDLER_INTERNALS = (
     "_process_keepalive",
     "_parser",
     "_loop",
+    "_request_count",
 )
 MAX_BODY_BYTES = 64 * 1024
 """Larger bodies go the usual way: a script would not run inline on them anyway."""
@@ -71,11 +76,17 @@ class QuickAnswers:
             resource.canonical for resource in app.router.resources() if isinstance(resource, web.PlainResource)
         }
 
+    def _active(self) -> bool:
+        return (
+            self._enabled
+            and not tracing.enabled()
+            and not gateway.log.isEnabledFor(logging.DEBUG)  # the usual way logs a line for each request
+        )
+
     def wants(self, message: RawRequestMessage, body_bytes: int) -> bool:
         """True when `answer` may answer this request (with a body of `body_bytes`, all arrived)."""
         return (
-            self._enabled
-            and body_bytes <= self._max_body_bytes
+            body_bytes <= self._max_body_bytes
             and message.version == HttpVersion11
             and not message.should_close
             and not message.upgrade
@@ -83,20 +94,26 @@ class QuickAnswers:
             and hdrs.EXPECT not in message.headers
             and hdrs.CONTENT_ENCODING not in message.headers
             and message.path[:1] == "/"
-            and not tracing.enabled()
-            and not gateway.log.isEnabledFor(logging.DEBUG)  # the usual way logs a line for each request
+            and self._active()
         )
 
     def answer(self, message: RawRequestMessage, body: bytes) -> bytes | None:
         """The whole response to a request `wants` took, or None: then it goes the usual way and nothing of its
         scripts has taken effect."""
-        path = message.url.path
+        return self._answer(message.method, message.url.path, message.path, body)
+
+    def answer_simple(self, method: str, target: str, body: bytes) -> bytes | None:
+        """`answer` for a request `simple_request` read (its target needs no decoding: it is its own path)."""
+        if len(body) > self._max_body_bytes or not self._active():
+            return None
+        return self._answer(method, target, target, body)
+
+    def _answer(self, method: str, path: str, target: str, body: bytes) -> bytes | None:
         subject = path[1:]
         if "/" in subject or path in self._routed or not _is_gateway_subject(subject):
             return None
-        target = message.path
         # Never an HTML script's answer: the page it makes is the usual way's to write.
-        reply = answer_now(self._app, Message(subject, body, message.method, script_url(target, subject)), html=False)
+        reply = answer_now(self._app, Message(subject, body, method, script_url(target, subject)), html=False)
         if reply is None:
             return None
         json = results_json(reply.results)

@@ -88,6 +88,9 @@ class Outcome(NamedTuple):
 
 
 _STATUSES = tuple(Status)
+# Reading an enum member goes through the enum's metaclass (about 70 ns), and these are read for every execution.
+OK, CHUNK_ERROR, CALL_ERROR, ESCALATE = Status.OK, Status.CHUNK_ERROR, Status.CALL_ERROR, Status.ESCALATE
+_new_outcome = tuple.__new__  # Outcome(...) goes through a Python __new__: a third of what building one costs
 
 
 def _deny_get(obj: object, name: object) -> object:
@@ -171,19 +174,20 @@ class LuaSandbox:
         self,
         key: Hashable,
         sources: Sequence[str],
-        *,
         html: bool,
         entry: bytes,
-        args: tuple[bytes, bytes],
+        first: bytes,
+        second: bytes,
         execution: Execution,
         inline_budget_s: float = 0.0,
         meta: Mapping[bytes, object] | None = None,
     ) -> Outcome:
         """Run the chunk made of `sources` (joined by newlines) in a fresh environment, then call `entry`.
 
-        `key` identifies the sources in the compile cache. The entry global is called with `args`, and `meta`
-        as a third argument (a table) when there is one; in HTML mode its three results come back converted
-        (body, status, then header keys and values).
+        `key` identifies the sources in the compile cache. The entry global is called with `first` and `second`,
+        and `meta` as a third argument (a table) when there is one; in HTML mode its three results come back
+        converted (body, status, then header keys and values). Made for every message: positional arguments,
+        and no call that can be spared.
         With `inline_budget_s` the execution is inline: it ends with ESCALATE once it has used that much CPU
         time, or when it first reaches for something that may block or have effects outside Lua (files,
         commands, print, modules other than `inline_modules`). An execution the system preempts has not held
@@ -193,14 +197,21 @@ class LuaSandbox:
         by waiting to run, is the second half counted on the CPU clock (from the first check that finds the
         first half spent): a fast script preempted on a busy machine stays inline, a heavy one moves.
         """
-        chunk = self._chunk(key, sources)
+        chunk = self._cache.get(key)
+        if chunk is None:
+            chunk = self._compile(key, sources)
+        else:
+            self._cache.move_to_end(key)
         if isinstance(chunk, str):
             return Outcome(Status.CHUNK_ERROR, error=chunk)
         lua = self.lua
         inline = inline_budget_s > 0
-        # The driver puts the cap on once lupa has pushed the arguments, and takes it off before it returns.
-        room = min(self._max_memory, INLINE_MAX_MEMORY_BYTES) if inline else self._max_memory
-        self._limit = lua.get_memory_used(total=True) + room + _ARM_HEADROOM_BYTES
+        # The cap is on from when lupa has pushed the arguments (or before, see below) until the driver has
+        # returned, or a cleanup that may allocate begins (msgscript/lua/runtime.lua).
+        room = self._max_memory
+        if inline and room > INLINE_MAX_MEMORY_BYTES:
+            room = INLINE_MAX_MEMORY_BYTES
+        self._limit = lua.get_memory_used(True) + room + _ARM_HEADROOM_BYTES
         self._current = execution
         self._inline_until = time.monotonic() + inline_budget_s / 2 if inline else 0.0
         self._inline_cpu_s = inline_budget_s / 2
@@ -209,11 +220,10 @@ class LuaSandbox:
         # Made before the cap goes on, like the arguments lupa pushes. Small arguments fit in the headroom: the
         # cap goes on before they are pushed, which spares the driver a call back to arm it.
         extra = None if meta is None else lua.table_from(meta)
-        first, second = args
         armed = len(first) + len(second) + len(entry) <= _ARM_EARLY_BYTES
         try:
             if armed:
-                lua.set_max_memory(self._limit, total=True)
+                lua.set_max_memory(self._limit, True)
             raw = self._driver(chunk, html, entry, first, second, extra, inline, armed)
         except LuaError as exc:
             # Only a memory error or a late timeout in the driver's own bookkeeping gets here.
@@ -229,19 +239,23 @@ class LuaSandbox:
         finally:
             lua.set_max_memory(0)
             self._current = None
-        outcome = _outcome(raw)
-        if outcome.error.startswith(NOT_ENOUGH_MEMORY) or lua.get_memory_used() > COLLECT_ABOVE_BYTES:
+        values = raw if isinstance(raw, tuple) else (raw,)
+        status = _STATUSES[values[0]]
+        if status is CHUNK_ERROR or status is CALL_ERROR:
+            error = as_text(values[1]) if len(values) > 1 else ""
+            outcome = _new_outcome(Outcome, (status, (), error))
+        else:
+            error = ""
+            outcome = _new_outcome(Outcome, (status, values[1:], ""))
+        if error.startswith(NOT_ENOUGH_MEMORY) or lua.get_memory_used() > COLLECT_ABOVE_BYTES:
             lua.gccollect()
             # Give what the collection freed back to the system, so a memory bomb does not stay in the RSS.
             _libc.trim_heap()
         return outcome
 
-    def _chunk(self, key: Hashable, sources: Sequence[str]) -> Any:
+    def _compile(self, key: Hashable, sources: Sequence[str]) -> Any:
+        """The compiled chunk of `sources`, or the compile error's text, cached under `key`."""
         cache = self._cache
-        chunk = cache.get(key)
-        if chunk is not None:
-            cache.move_to_end(key)
-            return chunk
         source = "\n".join(sources).encode("utf-8", "surrogateescape")
         try:
             chunk = self.lua.compile(source, name=CHUNK_NAME)
@@ -415,14 +429,3 @@ def payload_bytes(value: object, depth: int = 0) -> int:
                 2 * _SLOT_BYTES * len(value)
             )
     return 0
-
-
-_new_outcome = tuple.__new__  # Outcome(...) goes through a Python __new__: this is a third of the cost
-
-
-def _outcome(raw: object) -> Outcome:
-    values = raw if isinstance(raw, tuple) else (raw,)
-    status = _STATUSES[values[0]]
-    if status is Status.CHUNK_ERROR or status is Status.CALL_ERROR:
-        return _new_outcome(Outcome, (status, (), as_text(values[1]) if len(values) > 1 else ""))
-    return _new_outcome(Outcome, (status, values[1:], ""))
