@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from msgscript import _gojson
 from msgscript.cron import CronSchedule, parse_cron
@@ -51,11 +51,11 @@ class Script:
     backoff_s: tuple[float, ...] = DEFAULT_BACKOFF_S
     cron: CronSchedule | None = None
     """When the script also runs on its own (`--* cron:`), with `OnMessage(<subject>, "")`: msgscript.schedules."""
+    executor: str = field(init=False, repr=False, compare=False)
+    """The name of the executor that runs this script (a field rather than a property: it is read per message)."""
 
-    @property
-    def executor(self) -> str:
-        """The name of the executor that runs this script."""
-        return self.executor_header or "lua"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "executor", self.executor_header or "lua")
 
     def to_json(self) -> bytes:
         """Encode as the upstream Script JSON (the etcd value): content base64, Go field order and escaping."""
