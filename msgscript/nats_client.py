@@ -13,14 +13,18 @@ A subscription with a direct handler (`subscribe_direct`) is offered each messag
 any of that: the handler answers it there and then (`publish_now` queues the reply for the flusher), or
 declines, having done nothing, and the message goes the usual way. While this client has direct handlers,
 the whole MSG lines at the start of what a read brought are split here, without the regular expression,
-and offered by a plain call; the parser of nats-py takes over at the first anything else.
+and offered by a plain call; the parser of nats-py takes over at the first anything else. The replies the
+handlers queue during a read are written when its messages are done, by the read loop itself when the
+socket has taken everything written before (else by the flusher, which waits for the socket to drain): a
+hop through the flusher's task for each read would cost about as much as the reply.
 
 This relies on private parts of nats-py: its parser's `parse`, `buf` and `state` with AWAITING_CONTROL_LINE,
 the client's `_ps` (its parser), `_process_msg` (where a parsed message arrives), `_subs` and `_remove_sub`,
 `_pending` with `_pending_data_size` and `_max_pending_size` (the commands the flusher writes),
-`_send_command`, `_flush_pending` and `_flush_queue` (what wakes the flusher), `_send_ping` with `_pongs`, and
-`_status`. A nats-py without one of them gets neither the direct path (every message takes the usual way) nor
-the ordered PING; tests/test_nats_client.py fails then, so that it is noticed.
+`_send_command`, `_flush_pending` and `_flush_queue` (what wakes the flusher), `_send_ping` with `_pongs`,
+`_status`, and `_transport` with the stream writer of nats-py's TCP transport (`_io_writer`; without it, the
+flusher writes every reply). A nats-py without the others gets neither the direct path (every message takes
+the usual way) nor the ordered PING; tests/test_nats_client.py fails then, so that it is noticed.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class NatsClient(Client):
         super().__init__()
         self._direct: dict[int, DirectHandler] = {}
         self._kick: asyncio.Future[None] | None = None
+        self._reading = False  # the read loop is handling what one read brought
+        self._replies = False  # and publish_now queued replies meanwhile
         self.direct_path = (
             all(callable(getattr(Client, name, None)) for name in _PRIVATE_METHODS)
             and all(hasattr(self, name) for name in _PRIVATE_ATTRIBUTES)
@@ -141,7 +147,8 @@ class NatsClient(Client):
 
     def publish_now(self, subject: bytes, payload: bytes) -> bool:
         """Queue a message for the flusher without waiting, as `publish` would queue it; False, with nothing
-        queued, when it has to go through `publish` (not connected, or the pending buffer is full)."""
+        queued, when it has to go through `publish` (not connected, or the pending buffer is full). Called while
+        the read loop handles a read (by a direct handler), the message is written when that read is done."""
         flush_queue = self._flush_queue
         if not self.direct_path or self._status not in _FLUSHING_STATES or flush_queue is None:
             return False
@@ -154,13 +161,39 @@ class NatsClient(Client):
         self._pending_data_size += len(command)
         self.stats["out_msgs"] += 1
         self.stats["out_bytes"] += len(payload)
-        if flush_queue.empty():
+        if self._reading:
+            self._replies = True
+        else:
+            self._wake_flusher()
+        return True
+
+    def _wake_flusher(self) -> None:
+        flush_queue = self._flush_queue
+        if flush_queue is not None and flush_queue.empty():
             # The flusher settles what it takes off its queue unless it is done already: one done future serves.
             if self._kick is None:
                 self._kick = asyncio.get_running_loop().create_future()
                 self._kick.set_result(None)
             flush_queue.put_nowait(self._kick)
-        return True
+
+    def _write_replies(self) -> None:
+        """Write what publish_now queued during a read: at once when the socket has taken all that was written
+        before, else through the flusher (which waits for the socket to drain)."""
+        self._replies = False
+        if not self._pending:
+            return
+        writer = getattr(self._transport, "_io_writer", None)
+        if (
+            self._status in _FLUSHING_STATES
+            and isinstance(writer, asyncio.StreamWriter)
+            and not writer.is_closing()
+            and writer.transport.get_write_buffer_size() == 0
+        ):
+            writer.writelines(self._pending)
+            self._pending = []
+            self._pending_data_size = 0
+        else:
+            self._wake_flusher()
 
 
 class _Parser(parser.Parser):
@@ -171,6 +204,16 @@ class _Parser(parser.Parser):
     nc: NatsClient
 
     async def parse(self, data: bytes = b"") -> None:
+        nc = self.nc
+        nc._reading = True
+        try:
+            await self._parse(data)
+        finally:
+            nc._reading = False
+            if nc._replies:
+                nc._write_replies()
+
+    async def _parse(self, data: bytes) -> None:
         nc = self.nc
         if self.buf or self.state != parser.AWAITING_CONTROL_LINE or not nc._direct:
             await super().parse(data)

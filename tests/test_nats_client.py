@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import nats
@@ -231,3 +232,34 @@ async def test_direct_messages_of_every_size_arrive_whole_and_in_order(nats_serv
         await nc.flush()
         await asyncio.wait_for(done, TIMEOUT_S)
     assert seen == payloads * 20
+
+
+async def test_replies_bigger_than_the_socket_takes_at_once_all_arrive(nats_server: NatsServer, nc: nats.NATS) -> None:
+    # A read's replies go out when its messages are done: straight to the socket when it has taken everything
+    # before, else through the flusher, which waits for it to drain. With a small send buffer, replies of
+    # 64 KB leave some unsent at the end of most reads.
+    def answer(data: bytes) -> bytes:
+        return data * (64 * 1024 // len(data))
+
+    async with ours(nats_server) as client:
+        client._transport._io_writer.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+
+        def direct(subject: bytes, reply: bytes, data: bytes) -> bool:
+            return client.publish_now(reply, answer(data))
+
+        async def callback(msg: Msg) -> None:
+            await msg.respond(answer(msg.data))
+
+        await client.subscribe_direct(SUBJECT, "", callback, direct)
+        await client.flush()
+        payloads = [f"{i:08d}".encode() for i in range(64)]
+        requests = []
+        for wave in range(0, len(payloads), 4):  # in waves: several reads
+            requests += [
+                asyncio.ensure_future(nc.request(SUBJECT, p, timeout=TIMEOUT_S)) for p in payloads[wave : wave + 4]
+            ]
+            await nc.flush()
+        answers = await asyncio.gather(*requests)
+    assert [a.data for a in answers] == [answer(p) for p in payloads]
