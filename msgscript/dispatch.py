@@ -34,6 +34,9 @@ def _judged(result: Result) -> tuple[Result, Outcome]:
 class Dispatcher:
     """Runs the scripts of a message; the one place where failures become error Results."""
 
+    # Slots: its attributes are read for every message.
+    __slots__ = ("_executors", "_lock", "_metrics", "_run_now", "_store", "_timeout_s")
+
     def __init__(
         self,
         store: Store,

@@ -14,6 +14,8 @@ class InFlightLimit:
     to the longest waiter first, so a steady flow of HTTP requests cannot starve NATS messages.
     """
 
+    __slots__ = ("_in_use", "_waiters", "limit")  # taken and given back for every message
+
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError(f"the in-flight limit must be at least 1, not {limit}")

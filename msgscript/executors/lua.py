@@ -87,6 +87,23 @@ class LuaExecutor:
     `run` returns the script's Result, or raises ScriptError (ScriptTimeout past the deadline).
     """
 
+    # Slots: its attributes are read for every execution.
+    __slots__ = (
+        "_env",
+        "_inline_modules",
+        "_inline_sandbox",
+        "_local",
+        "_max_memory_bytes",
+        "_modules",
+        "_nats",
+        "_on_stuck",
+        "_on_workers",
+        "_pool",
+        "_services",
+        "_shared",
+        "_threads",
+    )
+
     name: ClassVar[str] = "lua"
 
     def __init__(

@@ -122,6 +122,23 @@ def error_text(exc: BaseException) -> str:
 class LuaSandbox:
     """One Lua 5.1 runtime with its compile cache; not thread-safe (one per worker thread)."""
 
+    # Slots: its attributes are read and set for every execution.
+    __slots__ = (
+        "_cache",
+        "_current",
+        "_driver",
+        "_escalate",
+        "_guard",
+        "_inline_cpu_s",
+        "_inline_cpu_until",
+        "_inline_until",
+        "_limit",
+        "_max_memory",
+        "_modules",
+        "_reset",
+        "lua",
+    )
+
     def __init__(
         self,
         modules: Mapping[str, LuaModule],
