@@ -222,6 +222,7 @@ NOT_SIMPLE = {
     "a second request behind it": SIMPLE + SIMPLE,
     "headers not all there": SIMPLE[:40],
     "a head past aiohttp's line limit": SIMPLE.replace(b"text/plain", b"x" * 8200),
+    "33 headers": SIMPLE.replace(b"Content-Type", b"X: 1\r\n" * 30 + b"Content-Type"),
 }
 
 

@@ -73,6 +73,8 @@ _SIMPLE_TARGET = re.compile(rb"/[-A-Za-z0-9._~!$&'()*+,;=:@]+")
 _SIMPLE_HEADER = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+):([\t\x20-\x7e]*)")
 _SIMPLE_HEAD_BYTES = 8190
 """aiohttp's limit on one header line: a simple request's whole head stays within it."""
+_SIMPLE_MAX_HEADERS = 32
+"""Well under aiohttp's limit on the number of header lines (128), which answers more with a 400."""
 _NOT_SIMPLE_HEADERS = frozenset({b"transfer-encoding", b"expect", b"content-encoding", b"upgrade"})
 
 
@@ -86,15 +88,17 @@ def simple_request(data: bytes) -> tuple[str, str, bytes] | None:
     """The method, target and body of `data` when it is exactly one whole request of the plainest kind; else None.
 
     The plainest kind: an HTTP/1.1 request line with a common method and a one-segment target that needs no
-    decoding; header lines of a token, a colon and visible ASCII; one valid Host; at most one Content-Length,
-    and no Transfer-Encoding, Expect, Content-Encoding or Upgrade, nor a Connection other than keep-alive; a
-    head within aiohttp's line limit; and a body that is the rest of `data`. aiohttp's parser reads such a
+    decoding; at most 32 header lines of a token, a colon and visible ASCII; one valid Host; at most one
+    Content-Length, and no Transfer-Encoding, Expect, Content-Encoding or Upgrade, nor a Connection other than
+    keep-alive; a head within aiohttp's line limit; and a body that is the rest of `data`. aiohttp's parser reads such a
     request the same way, and reads everything else.
     """
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > _SIMPLE_HEAD_BYTES:
         return None
     lines = data[:end].split(b"\r\n")
+    if len(lines) > _SIMPLE_MAX_HEADERS + 1:
+        return None
     request_line = lines[0].split(b" ")
     if len(request_line) != 3 or request_line[2] != b"HTTP/1.1":
         return None
