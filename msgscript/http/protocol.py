@@ -90,8 +90,8 @@ def simple_request(data: bytes) -> tuple[str, str, bytes] | None:
     The plainest kind: an HTTP/1.1 request line with a common method and a one-segment target that needs no
     decoding; at most 32 header lines of a token, a colon and visible ASCII; one valid Host; at most one
     Content-Length, and no Transfer-Encoding, Expect, Content-Encoding or Upgrade, nor a Connection other than
-    keep-alive; a head within aiohttp's line limit; and a body that is the rest of `data`. aiohttp's parser reads such a
-    request the same way, and reads everything else.
+    keep-alive; a head within aiohttp's line limit; and a body that is the rest of `data`. aiohttp's parser
+    reads such a request the same way, and reads everything else.
     """
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > _SIMPLE_HEAD_BYTES:
