@@ -365,8 +365,11 @@ async def test_executions_that_reach_the_cap_end_cleanly_and_leave_the_next_its_
     uncaught = 'function OnMessage() local t = {} for i = 1, 1e9 do t[i] = string.rep("y", 1024) .. i end end'
     at_the_top = 'local t = {} for i = 1, 1e9 do t[i] = string.rep("z", 1024) .. i end function OnMessage() end'
     quarter = f'function OnMessage() return tostring(#string.rep("w", {MEMORY_CAP // 4})) end'
+    hello = 'function OnMessage(s, p) return "hello " .. p end'
     for _ in range(3):
-        assert await payload(ex, caught) == "false not enough memory"
+        # A small script answers meanwhile: the executions at the cap hold nobody up.
+        filled, answered = await asyncio.gather(payload(ex, caught), payload(ex, hello, payload=b"there"))
+        assert (filled, answered) == ("false not enough memory", "hello there")
         assert (await error_of(ex, uncaught)).startswith("failed to call OnMessage function: not enough memory")
         assert (await error_of(ex, at_the_top)).startswith("error executing Lua script: not enough memory")
         assert await payload(ex, quarter) == str(MEMORY_CAP // 4)
